@@ -1,0 +1,1 @@
+"""The kopf operator that reconciles SipSession custom resources into worker pods."""
