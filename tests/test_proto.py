@@ -39,8 +39,11 @@ def _message(name: str) -> Descriptor:
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(REPO / "protos" / "generate.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "protos" / "generate.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     for name in GENERATED:
         fresh = (tmp_path / "ondewo" / "sip" / name).read_text()
         checked_in = (REPO / "protos" / "ondewo" / "sip" / name).read_text()
@@ -55,7 +58,7 @@ def test_messages_match_the_api_document() -> None:
         documented = [(f, t, lbl, number) for number, (f, t, lbl) in enumerate(fields, start=1)]
         actual = [(f.name, _doc_type(f), _label(f), f.number) for f in descriptor.fields]
         if name == "SipStatus":
-            extra = [(f.name, f.number) for f in descriptor.fields[len(documented):]]
+            extra = [(f.name, f.number) for f in descriptor.fields[len(documented) :]]
             assert extra == ADDED_SIPSTATUS_FIELDS
             actual = actual[: len(documented)]
         assert actual == documented, name

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "sip-api.md"
-_SECTION = re.compile(r'<a name="ondewo\.sip\.([\w.]+)"></a>\s*\n\s*### ([\w.]+)\n(.*?)(?=<a name=|\n## |\Z)', re.S)
+_SECTION = re.compile(
+    r'<a name="ondewo\.sip\.([\w.]+)"></a>\s*\n\s*### ([\w.]+)\n(.*?)(?=<a name=|\n## |\Z)', re.S
+)
 _ROW = re.compile(r"^\| (.+?) \|$", re.M)
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 

@@ -1,0 +1,17 @@
+"""Fixtures shared by every test area. Area-specific ones live in tests/support/."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real Redis server on a free port; stop()/start() keep its data."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
