@@ -1,0 +1,348 @@
+"""The worker's configuration: each setting is a flag `--foo-bar` and an env var SIP_WORKER_FOO_BAR.
+
+A flag on the command line wins over its environment variable, which wins over the default.
+Secrets never come from a flag value (argv is visible in `ps`): the SIP password comes from the
+environment variable SIP_WORKER_PASSWORD or from `--password-file`, the API token from
+`--auth-token-file`.
+"""
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SIP_WORKER_"
+PASSWORD_ENV = "SIP_WORKER_PASSWORD"
+TRANSPORTS = ("udp", "tcp")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the flag and its env var."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50099
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    sip_transport: str = "udp"
+    rtp_port: int = 4000
+    public_address: str | None = None
+    redis_url: str | None = None
+    session_key: str | None = None
+    history_max_len: int = 10000
+    account: str | None = None
+    password_file: Path | None = None
+    auth_username: str | None = None
+    outbound_proxy: str | None = None
+    auto_answer_interval: int = 1
+    start_session: bool = False
+    auth_token_file: Path | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    shutdown_grace: float = 15.0
+    soft_hangup_timeout: float = 10.0
+
+    @property
+    def history_session_key(self) -> str:
+        """The Redis stream's session key: explicit, else the account name, else `local`."""
+        return self.session_key or self.account or "local"
+
+
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        port = int(text)
+        low = 0 if allow_zero else 1
+        if not low <= port <= 65535:
+            raise ValueError(f"must be a port number between {low} and 65535")
+        return port
+
+    return parse
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _choice(choices: Sequence[str], fold: Callable[[str], str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = fold(text.strip())
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _file(text: str) -> Path:
+    return Path(_text(text))
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"must be one of {', '.join(_TRUE)} or {', '.join(v for v in _FALSE if v)}")
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str  # the WorkerConfig field
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+    is_switch: bool = False  # a flag without a value; its env var takes true/false
+    default_text: str | None = None  # how --help states a default that is not a plain value
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[_Setting, ...] = (
+    _Setting("grpc_host", _text, "address the gRPC server listens on", "HOST"),
+    _Setting("grpc_port", _port(True), "gRPC port (0 = any free port)", "PORT"),
+    _Setting("sip_host", _text, "address the SIP transport and RTP bind to", "HOST"),
+    _Setting("sip_port", _port(True), "SIP port (0 = any free port)", "PORT"),
+    _Setting("sip_transport", _choice(TRANSPORTS, str.lower), "SIP transport", "udp|tcp"),
+    _Setting("rtp_port", _port(False), "first RTP port", "PORT"),
+    _Setting(
+        "public_address",
+        _text,
+        "address put in Contact and SDP, for hosts behind NAT",
+        "ADDRESS",
+        default_text="--sip-host",
+    ),
+    _Setting(
+        "redis_url",
+        _text,
+        "Redis URL of the status history (redis://, rediss://, unix://)",
+        "URL",
+        default_text="none, required",
+    ),
+    _Setting(
+        "session_key",
+        _text,
+        "key of this session's history stream",
+        "KEY",
+        default_text="--account, else 'local'",
+    ),
+    _Setting("history_max_len", _count(1), "entries kept in the history stream", "N"),
+    _Setting("account", _text, "SIP account user@host[:port] for --start-session", "ACCOUNT"),
+    _Setting(
+        "password_file",
+        _file,
+        f"file holding the SIP password (otherwise the env var {PASSWORD_ENV})",
+        "PATH",
+    ),
+    _Setting("auth_username", _text, "digest user name if it differs from the account's", "USER"),
+    _Setting("outbound_proxy", _text, "SIP URI of an outbound proxy", "URI"),
+    _Setting(
+        "auto_answer_interval",
+        _count(0),
+        "seconds before --start-session answers incoming calls (0 declines them)",
+        "SECONDS",
+    ),
+    _Setting(
+        "start_session",
+        _boolean,
+        "register --account and start the session at boot",
+        is_switch=True,
+    ),
+    _Setting(
+        "auth_token_file",
+        _file,
+        "file holding the API token; every Sip RPC must then carry "
+        "'authorization: Bearer <token>' (health and reflection stay open)",
+        "PATH",
+    ),
+    _Setting(
+        "max_message_bytes",
+        _count(1024),
+        "largest gRPC request accepted; larger ones get RESOURCE_EXHAUSTED",
+        "BYTES",
+    ),
+    _Setting(
+        "metrics_port", _port(True), "Prometheus metrics port on --grpc-host (0 = off)", "PORT"
+    ),
+    _Setting("log_level", _choice(LOG_LEVELS, str.upper), "log level", "|".join(LOG_LEVELS)),
+    _Setting(
+        "log_format",
+        _choice(LOG_FORMATS, str.lower),
+        "log line format (json: one object a line)",
+        "|".join(LOG_FORMATS),
+    ),
+    _Setting(
+        "shutdown_grace",
+        _seconds,
+        "bound in seconds on SIGTERM/SIGINT handling: end the call softly, unregister, exit",
+        "SECONDS",
+    ),
+    _Setting(
+        "soft_hangup_timeout",
+        _seconds,
+        "bound in seconds on waiting for queued audio before a soft hangup's BYE",
+        "SECONDS",
+    ),
+)
+
+_DEFAULTS = WorkerConfig()
+
+
+def _describe_default(setting: _Setting) -> str:
+    value = getattr(_DEFAULTS, setting.name)
+    if setting.default_text is not None:
+        return setting.default_text
+    if setting.is_switch:
+        return "off"
+    return "none" if value is None else str(value)
+
+
+class _ParserExit(Exception):
+    """argparse wants to exit (after --help, or on a usage error)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        raise _ParserExit(status, message or "")
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sip-worker",
+        description=(
+            "One SIP user agent serving the ondewo.sip.Sip gRPC API. Every flag can also be set "
+            f"by its environment variable; a flag wins. The SIP password comes from {PASSWORD_ENV}"
+            " or --password-file, never from a flag value."
+        ),
+        allow_abbrev=False,
+    )
+    for setting in SETTINGS:
+        help_text = f"{setting.help} [env {setting.env}; default: {_describe_default(setting)}]"
+        if setting.is_switch:
+            parser.add_argument(
+                setting.flag, dest=setting.name, action="store_const", const="true", help=help_text
+            )
+        else:
+            parser.add_argument(
+                setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
+            )
+    # Refused outright, so that a password never lands in argv by habit.
+    parser.add_argument("--password", dest="password_flag", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfig:
+    """Reads flags then env vars; raises ConfigError with a message fit for the user.
+
+    `--help` raises SystemExit(0) after printing.
+    """
+    parser = build_parser()
+    try:
+        namespace = parser.parse_args(list(argv))
+    except _ParserExit as exit_request:
+        if exit_request.message:
+            print(exit_request.message)
+        raise SystemExit(exit_request.status) from None
+    if namespace.password_flag is not None:
+        raise ConfigError(
+            f"--password is not accepted (argv is visible to every user on the host): "
+            f"set {PASSWORD_ENV} or use --password-file"
+        )
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: str | None = getattr(namespace, setting.name)
+        source = setting.flag
+        if raw is None:
+            raw = environ.get(setting.env)
+            source = setting.env
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as error:
+            raise ConfigError(f"{source}={raw!r}: {_reason(error)}") from None
+    config = WorkerConfig(**values)
+    if config.start_session and not config.account:
+        raise ConfigError(
+            f"--start-session needs --account (env {ENV_PREFIX}ACCOUNT): the account to register"
+        )
+    return config
+
+
+def _reason(error: ValueError) -> str:
+    text = str(error)
+    # int()/float() say "invalid literal for int() with base 10: 'x'"; say what is wanted instead.
+    if text.startswith(("invalid literal", "could not convert")):
+        return "must be a number"
+    return text
+
+
+def read_password(config: WorkerConfig, environ: Mapping[str, str]) -> str | None:
+    """The SIP password from --password-file, else SIP_WORKER_PASSWORD, else None."""
+    if config.password_file is not None:
+        return _read_secret(config.password_file, "--password-file")
+    return environ.get(PASSWORD_ENV) or None
+
+
+def read_auth_token(config: WorkerConfig) -> str | None:
+    """The API token from --auth-token-file, or None when auth is off."""
+    if config.auth_token_file is None:
+        return None
+    return _read_secret(config.auth_token_file, "--auth-token-file")
+
+
+def _read_secret(path: Path, flag: str) -> str:
+    try:
+        # Kubernetes Secret files and `echo` add a trailing newline that is not part of it.
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{flag} {path}: cannot read it ({reason})") from None
+    if not secret:
+        raise ConfigError(f"{flag} {path}: the file is empty")
+    return secret
