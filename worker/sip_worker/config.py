@@ -32,7 +32,7 @@ class WorkerConfig:
     sip_transport: str = "udp"
     rtp_port: int = 4000
     public_address: str | None = None
-    redis_url: str | None = None
+    redis_url: str = ""  # required; parse_config refuses a config without one
     session_key: str | None = None
     history_max_len: int = 10000
     account: str | None = None
@@ -307,6 +307,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfi
         except ValueError as error:
             raise ConfigError(f"{source}={raw!r}: {_reason(error)}") from None
     config = WorkerConfig(**values)
+    if not config.redis_url:
+        raise ConfigError(
+            f"--redis-url (env {ENV_PREFIX}REDIS_URL) is required: the status history lives in "
+            "Redis (`make run` starts a local server for you)"
+        )
     if config.start_session and not config.account:
         raise ConfigError(
             f"--start-session needs --account (env {ENV_PREFIX}ACCOUNT): the account to register"
