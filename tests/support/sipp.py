@@ -1,0 +1,163 @@
+"""SIPp as the far end of real SIP calls on 127.0.0.1: one scenario per subprocess.
+
+Each instance gets its own free SIP, media and control ports (sipp binds a control socket on
+8888 unless told otherwise, so parallel instances would clash), writes its message trace to a
+file the test can read, and is killed in `stop()`.
+"""
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+SCENARIOS = Path(__file__).parent / "sipp"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        raise RuntimeError("sipp is not on PATH (.ci/run installs the sip-tester package)")
+    return path
+
+
+class Sipp:
+    """One sipp process running `scenario`: a built-in name ("uas") or a file in sipp/."""
+
+    def __init__(
+        self,
+        scenario: str,
+        workdir: Path,
+        *,
+        remote: str | None = None,
+        variables: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        transport: str = "udp",
+    ) -> None:
+        self.scenario = scenario
+        self.name = Path(scenario).stem
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_port() if transport == "udp" else free_tcp_port()
+        self.control_port = free_udp_port()
+        self.media_port = free_udp_port()
+        self.remote = remote
+        self.variables = variables or {}
+        self.args = list(args)
+        self.transport = transport
+        self.trace_path = workdir / f"{self.name}_{self.port}_messages.log"
+        self.log_path = workdir / f"{self.name}_{self.port}_logs.log"
+        self.output_path = workdir / f"{self.name}_{self.port}_output.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [sipp_binary()]
+        if self.remote is not None:
+            command.append(self.remote)
+        if (SCENARIOS / self.scenario).is_file():
+            command += ["-sf", str(SCENARIOS / self.scenario)]
+        else:
+            command += ["-sn", self.scenario]
+        for name, value in self.variables.items():
+            command += ["-set", name, value]
+        command += [
+            "-i", "127.0.0.1",
+            "-p", str(self.port),
+            "-cp", str(self.control_port),
+            "-mi", "127.0.0.1",
+            "-mp", str(self.media_port),
+            "-t", "u1" if self.transport == "udp" else "t1",
+            "-nostdin",
+            "-trace_msg", "-message_file", str(self.trace_path),
+            "-trace_logs", "-log_file", str(self.log_path),
+        ]  # fmt: skip
+        return command + self.args
+
+    def start(self) -> "Sipp":
+        output = self.output_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        output.close()
+        if self.remote is None:
+            self._wait_listening()
+        return self
+
+    def _wait_listening(self, timeout: float = 10.0) -> None:
+        """Servers: wait until sipp has bound its SIP port (it then shows in /proc/net)."""
+        deadline = time.monotonic() + timeout
+        table = "/proc/net/udp" if self.transport == "udp" else "/proc/net/tcp"
+        needle = f":{self.port:04X} "
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sipp {self.scenario} exited early:\n{self.output()}")
+            if needle in Path(table).read_text():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"sipp {self.scenario} did not bind port {self.port}")
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    def messages(self) -> str:
+        """The message trace so far: every SIP message sipp sent or received."""
+        return self.trace_path.read_text(errors="replace") if self.trace_path.exists() else ""
+
+    def logs(self) -> str:
+        """The scenario's <log> actions so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def received(self, method: str) -> list[str]:
+        """Every request with `method` that sipp received, as text."""
+        blocks = re.split(r"\n(?=-{5,} )", self.messages())
+        return [
+            block.split("\n", 1)[1]
+            for block in blocks
+            if "message received" in block.split("\n", 1)[0]
+            and re.search(rf"^\s*{method} \S+ SIP/2\.0", block, re.M)
+        ]
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, source: str = "messages") -> str:
+        """Waits until `pattern` (a regex) appears in the trace or the logs; returns the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.messages() if source == "messages" else self.logs()
+            match = re.search(pattern, text, re.M)
+            if match is not None:
+                return match.group(0)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in sipp {self.scenario} {source}:\n{text}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Waits for the scenario to end; returns sipp's exit code (0: all calls succeeded)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

@@ -1,0 +1,197 @@
+"""Fixtures for worker tests: a real `sip-worker` subprocess, sipp peers, a registered session."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.empty_pb2 import Empty
+
+from ondewo.sip import sip_pb2, sip_pb2_grpc
+from tests.support.redis_server import RedisServer
+from tests.support.sipp import Sipp, free_tcp_port, free_udp_port
+
+REPO = Path(__file__).resolve().parents[2]
+SIP_WORKER = REPO / ".venv" / "bin" / "sip-worker"
+SIPP_USER = "alice"
+SIPP_PASSWORD = "s3cret-pw"
+
+
+@dataclass
+class WorkerProcess:
+    """A running sip-worker with a gRPC stub; `stop()` kills it (teardown does too)."""
+
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    sip_port: int
+    log_path: Path
+    channel: grpc.Channel
+    stub: sip_pb2_grpc.SipStub
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> sip_pb2.SipStatus:
+        return self.stub.GetSipStatus(Empty(), timeout=10)
+
+    def history(self) -> list[sip_pb2.SipStatus]:
+        return list(self.stub.GetSipStatusHistory(Empty(), timeout=10).status_history)
+
+    def types(self) -> list[str]:
+        return [sip_pb2.SipStatus.StatusType.Name(s.status_type) for s in self.history()]
+
+    def wait_for_status(
+        self, status_type: str, timeout: float = 15.0, after: int = 0
+    ) -> sip_pb2.SipStatus:
+        """The first status of `status_type` at index `after` or later, polling until it shows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            history = self.history()
+            for status in history[after:]:
+                if sip_pb2.SipStatus.StatusType.Name(status.status_type) == status_type:
+                    return status
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {status_type} after index {after} within {timeout} s: {self.types()}"
+                )
+            assert self.process.poll() is None, f"worker died:\n{self.log()}"
+            time.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+        self.cleanups.clear()
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+def start_worker(
+    redis_url: str, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> WorkerProcess:
+    """Starts `sip-worker` on free ports and waits until its gRPC API answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    grpc_port, sip_port, rtp_port = free_tcp_port(), free_udp_port(), free_udp_port()
+    command = [
+        str(SIP_WORKER) if SIP_WORKER.exists() else sys.executable,
+        *([] if SIP_WORKER.exists() else ["-m", "sip_worker.main"]),
+        "--grpc-host", "127.0.0.1",
+        "--grpc-port", str(grpc_port),
+        "--sip-host", "127.0.0.1",
+        "--sip-port", str(sip_port),
+        "--rtp-port", str(rtp_port),
+        "--redis-url", redis_url,
+        "--session-key", f"test-{grpc_port}",
+        *args,
+    ]  # fmt: skip
+    if "--sip-port" in args:
+        sip_port = int(args[list(args).index("--sip-port") + 1])
+    log_path = workdir / f"worker-{grpc_port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    worker = WorkerProcess(
+        process, grpc_port, sip_port, log_path, channel, sip_pb2_grpc.SipStub(channel)
+    )
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            worker.stub.GetSipStatus(Empty(), timeout=1)
+            return worker
+        except grpc.RpcError as error:
+            if process.poll() is not None or time.monotonic() > deadline:
+                worker.stop()
+                raise RuntimeError(
+                    f"sip-worker did not come up ({error}):\n{worker.log()}"
+                ) from None
+            time.sleep(0.05)
+
+
+@pytest.fixture()
+def worker_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Starts workers (with extra flags) on the test's Redis; kills them all in teardown."""
+    started: list[WorkerProcess] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = start_worker(redis_server.url, tmp_path / "worker", args, env)
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture()
+def worker(worker_factory: WorkerFactory) -> WorkerProcess:
+    """A sip-worker with default flags, not registered."""
+    return worker_factory()
+
+
+@pytest.fixture()
+def sipp_factory(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
+    """Starts sipp scenarios (see Sipp); kills them all in teardown."""
+    started: list[Sipp] = []
+
+    def factory(scenario: str, **kwargs: object) -> Sipp:
+        sipp = Sipp(scenario, tmp_path / "sipp", **kwargs)  # type: ignore[arg-type]
+        started.append(sipp)
+        return sipp.start()
+
+    yield factory
+    for sipp in started:
+        sipp.stop()
+
+
+@pytest.fixture()
+def registrar(sipp_factory: Callable[..., Sipp]) -> Sipp:
+    """A sipp registrar with MD5 digest auth for alice/SIPP_PASSWORD (one registration dialog)."""
+    return sipp_factory(
+        "registrar_auth.xml",
+        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
+        args=["-m", "1"],
+    )
+
+
+def account_of(registrar: Sipp) -> str:
+    return f"{SIPP_USER}@{registrar.address}"
+
+
+@pytest.fixture()
+def session(worker: WorkerProcess, registrar: Sipp) -> WorkerProcess:
+    """A worker registered at the sipp registrar with a ready session (auto-answer 1 s)."""
+    start_session(worker, registrar, auto_answer_interval=1)
+    return worker
+
+
+def start_session(worker: WorkerProcess, registrar: Sipp, auto_answer_interval: int) -> str:
+    account = account_of(registrar)
+    worker.stub.RegisterAccount(
+        sip_pb2.RegisterAccountRequest(account_name=account, password=SIPP_PASSWORD), timeout=20
+    )
+    worker.stub.StartSession(
+        sip_pb2.StartSessionRequest(
+            account_name=account, auto_answer_interval=auto_answer_interval
+        ),
+        timeout=10,
+    )
+    return account
