@@ -1,0 +1,66 @@
+"""The history through a local three-master Redis Cluster."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ondewo.sip.sip_pb2 import SipStatus
+from sip_worker.redis_history import HistoryConfigError, open_history, stream_key
+from tests.support.redis_cluster import RedisClusterOfThree
+
+pytestmark = pytest.mark.slow
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterOfThree]:
+    cluster = RedisClusterOfThree(Path(tmp_path_factory.mktemp("cluster")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_the_history_is_written_and_reloaded_through_the_cluster(
+    redis_cluster: RedisClusterOfThree,
+) -> None:
+    statuses = [
+        SipStatus(status_type=kind, callee_id=f"sip:{kind}@pbx.example")  # type: ignore[arg-type]
+        for kind in (SipStatus.registered, SipStatus.ready, SipStatus.outgoing_call_initiated)
+    ]
+    # Sessions whose keys hash to different nodes all work.
+    sessions = [f"team-{n}/session" for n in range(6)]
+    serving = {redis_cluster.node_serving(stream_key(session)).port for session in sessions}
+    assert len(serving) > 1
+    for session in sessions:
+        history = open_history(redis_cluster.url, session, 100, environ={})
+        for item in statuses:
+            history.append(item)
+        assert history.wait_durable(WAIT)
+        history.close()
+
+    for session in sessions:
+        node = redis_cluster.node_serving(stream_key(session))
+        entries = node.client().xrange(stream_key(session))
+        assert [fields[b"type"] for _id, fields in entries] == [
+            b"registered",
+            b"ready",
+            b"outgoing_call_initiated",
+        ]
+        reloaded = open_history(redis_cluster.url, session, 100, environ={})
+        try:
+            assert reloaded.entries() == statuses
+        finally:
+            reloaded.close()
+
+
+def test_a_cluster_node_without_cluster_true_is_refused_with_the_fix(
+    redis_cluster: RedisClusterOfThree,
+) -> None:
+    key = stream_key("elsewhere/session")
+    owner = redis_cluster.node_serving(key)
+    other = next(node for node in redis_cluster.nodes if node is not owner)
+    with pytest.raises(HistoryConfigError, match=r"add \?cluster=true to the URL"):
+        open_history(f"redis://127.0.0.1:{other.port}/0", "elsewhere/session", environ={})
