@@ -70,9 +70,9 @@ _FINISHED = {
 }
 
 
-def set_history_buffer_depth(depth: int) -> None:
-    """For the history store: how many statuses wait in memory for the store to come back."""
-    HISTORY_BUFFER_DEPTH.set(depth)
+def watch_history_buffer(depth: Callable[[], int]) -> None:
+    """Reads the history store's buffer depth whenever the metrics are scraped."""
+    HISTORY_BUFFER_DEPTH.set_function(depth)
 
 
 def serve_metrics(host: str, port: int) -> Callable[[], None]:

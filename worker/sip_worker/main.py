@@ -1,0 +1,235 @@
+"""`sip-worker`: one SIP user agent serving ondewo.sip.Sip over gRPC until SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean shutdown, 1 when the worker could not come up (SIP transport,
+gRPC port, boot registration), 2 for bad configuration. Nothing is served before the
+configuration has been checked.
+"""
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from urllib.parse import unquote, urlsplit
+
+from sip_worker.config import (
+    PASSWORD_ENV,
+    ConfigError,
+    WorkerConfig,
+    parse_config,
+    read_auth_token,
+    read_password,
+)
+from sip_worker.errors import PhoneError
+from sip_worker.logging_setup import configure_logging
+from sip_worker.metrics import MetricsHistory, serve_metrics, watch_history_buffer
+from sip_worker.phone import Phone, PhoneSettings
+from sip_worker.redis_connection import PASSWORD_ENV as REDIS_PASSWORD_ENV
+from sip_worker.redis_history import HistoryConfigError, RedisHistory, open_history
+from sip_worker.server import ServerError, WorkerServer
+from sip_worker.servicer import SipServicer
+
+logger = logging.getLogger("sip_worker")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+# Part of --shutdown-grace kept back from the soft call end for unregistering, stopping the
+# gRPC server and flushing the history.
+SHUTDOWN_RESERVE = 2.0
+GRPC_STOP_GRACE = 1.0
+
+
+class _Stop:
+    """Set once by a signal, by a failed boot session or by the caller; records the reason."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self.exit_code = EXIT_OK
+
+    def request(self, reason: str, exit_code: int = EXIT_OK) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self.exit_code = exit_code
+            self._event.set()
+
+    def wait(self) -> None:
+        self._event.wait()
+
+    def is_requested(self) -> bool:
+        return self._event.is_set()
+
+
+def _install_signal_handlers(stop: _Stop, grace: float) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_requested():
+            return
+        stop.request(signal.Signals(signum).name)
+        # Whatever the shutdown is stuck on, the process ends within the bound it promised.
+        watchdog = threading.Timer(grace, _force_exit, args=(grace,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _force_exit(grace: float) -> None:
+    logger.error("shutdown did not finish within --shutdown-grace %.1f s; exiting now", grace)
+    _exit(EXIT_FAILED)
+
+
+def _exit(code: int) -> None:
+    # os._exit: PJSUA2 objects still referenced at interpreter teardown abort the process.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _phone_settings(config: WorkerConfig) -> PhoneSettings:
+    return PhoneSettings(
+        sip_host=config.sip_host,
+        sip_port=config.sip_port,
+        sip_transport=config.sip_transport,
+        rtp_port=config.rtp_port,
+        public_address=config.public_address,
+        auth_username=config.auth_username,
+        outbound_proxy=config.outbound_proxy,
+        soft_hangup_timeout=config.soft_hangup_timeout,
+    )
+
+
+def _start_boot_session(
+    config: WorkerConfig, password: str, phone: Phone, server: WorkerServer, stop: _Stop
+) -> None:
+    """Registers --account and starts the session off the main thread, so that a signal
+    during a slow REGISTER is still handled at once."""
+    account = config.account or ""
+
+    def run() -> None:
+        try:
+            phone.register_account(account, password)
+            phone.start_session(account, config.auto_answer_interval)
+        except PhoneError as error:
+            logger.error("could not start the session of %s: %s", account, error)
+            stop.request("boot session failed", EXIT_FAILED)
+            return
+        logger.info("session started for %s", account)
+        if not stop.is_requested():
+            server.set_serving()
+
+    threading.Thread(target=run, name="boot-session", daemon=True).start()
+
+
+def _shutdown(
+    config: WorkerConfig,
+    phone: Phone,
+    server: WorkerServer,
+    stop_metrics: Callable[[], None] | None,
+    history: RedisHistory,
+) -> None:
+    """Stops taking calls, ends the call softly, unregisters, then stops serving: all within
+    --shutdown-grace (the signal handler's watchdog enforces it)."""
+    deadline = time.monotonic() + config.shutdown_grace
+    server.enter_shutdown()
+    phone.stop(max(config.shutdown_grace - SHUTDOWN_RESERVE, config.shutdown_grace / 2))
+    server.stop(min(GRPC_STOP_GRACE, max(0.0, deadline - time.monotonic())))
+    if stop_metrics is not None:
+        stop_metrics()
+    history.close(timeout=max(0.1, deadline - time.monotonic() - 0.5))
+
+
+def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> int:
+    """Serves until a stop is requested; returns the exit code."""
+    stop = _Stop()
+    _install_signal_handlers(stop, config.shutdown_grace)
+    try:
+        durable_history = open_history(
+            config.redis_url, config.history_session_key, config.history_max_len
+        )
+    except HistoryConfigError as error:
+        logger.error("status history: %s", error)
+        return EXIT_CONFIG
+    watch_history_buffer(lambda: durable_history.buffer_depth)
+    history = MetricsHistory(durable_history)
+    phone = Phone(_phone_settings(config), history)
+    try:
+        phone.start()
+    except PhoneError as error:
+        logger.error("SIP could not start: %s", error)
+        durable_history.close()
+        return EXIT_FAILED
+    try:
+        server = WorkerServer(
+            SipServicer(phone, history),
+            config.grpc_host,
+            config.grpc_port,
+            config.max_message_bytes,
+            auth_token,
+        )
+        stop_metrics = (
+            serve_metrics(config.grpc_host, config.metrics_port) if config.metrics_port else None
+        )
+    except (ServerError, OSError) as error:
+        logger.error("%s", error)
+        phone.stop(0.0)
+        durable_history.close()
+        return EXIT_FAILED
+    logger.info(
+        "serving ondewo.sip.Sip on %s:%d (auth %s, metrics %s); SIP %s on %s:%d",
+        config.grpc_host,
+        server.port,
+        "on" if auth_token else "off",
+        f"on port {config.metrics_port}" if stop_metrics else "off",
+        config.sip_transport,
+        config.sip_host,
+        phone.sip_port,
+    )
+    if config.start_session and password is not None:
+        _start_boot_session(config, password, phone, server, stop)
+    elif phone.is_ready():
+        server.set_serving()
+    stop.wait()
+    logger.info("shutting down (%s) within %.1f s", stop.reason, config.shutdown_grace)
+    _shutdown(config, phone, server, stop_metrics, durable_history)
+    logger.info("stopped")
+    return stop.exit_code
+
+
+def _secrets(config: WorkerConfig, password: str | None, auth_token: str | None) -> list[str]:
+    """Every secret this process knows, for the log masking."""
+    candidates = [password, auth_token, os.environ.get(REDIS_PASSWORD_ENV)]
+    # A malformed URL is reported by the history, without echoing it.
+    with contextlib.suppress(ValueError):
+        url_password = urlsplit(config.redis_url).password
+        if url_password:
+            candidates += [url_password, unquote(url_password)]
+    return [secret for secret in candidates if secret]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else argv, os.environ)
+        password = read_password(config, os.environ)
+        auth_token = read_auth_token(config)
+        if config.start_session and password is None:
+            raise ConfigError(
+                f"--start-session needs the SIP password: set {PASSWORD_ENV} or --password-file"
+            )
+    except ConfigError as error:
+        print(f"sip-worker: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    # Read once; child processes need not inherit it.
+    os.environ.pop(PASSWORD_ENV, None)
+    configure_logging(config.log_level, config.log_format, _secrets(config, password, auth_token))
+    _exit(run(config, password, auth_token))
+
+
+if __name__ == "__main__":
+    main()
