@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.empty_pb2 import Empty
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from tests.support.redis_server import RedisServer
@@ -112,10 +113,12 @@ def start_worker(
     worker = WorkerProcess(
         process, grpc_port, sip_port, log_path, channel, sip_pb2_grpc.SipStub(channel)
     )
+    # Health answers whatever --auth-token-file says, so it tells when the gRPC server is up.
+    health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + 30.0
     while True:
         try:
-            worker.stub.GetSipStatus(Empty(), timeout=1)
+            health.Check(health_pb2.HealthCheckRequest(), timeout=1)
             return worker
         except grpc.RpcError as error:
             if process.poll() is not None or time.monotonic() > deadline:
