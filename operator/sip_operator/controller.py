@@ -1,0 +1,501 @@
+"""Per-SipSession reconciliation: one small loop per session, woken by what changed.
+
+kopf delivers the watch events (sessions and worker pods) and the status mirror delivers the
+worker's statuses; each only records the news and wakes the session's loop. The loop compares
+what exists with what should, makes at most one step of difference (create, replace,
+recreate with backoff), and writes `.status` when it changed. Level-based and idempotent:
+names are deterministic, a 409 means "adopt what is there", so a restarted operator never
+duplicates anything.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sip_operator import phase
+from sip_operator.kube import AlreadyExists, KubeApi, KubeError
+from sip_operator.phase import Observation, PodState, WorkerStatus
+from sip_operator.pod_builder import (
+    ANNOTATION_SPEC_HASH,
+    TOKEN_KEY,
+    SessionRef,
+    build_pod,
+    build_service,
+    build_token_secret,
+    child_names,
+    controller_uid,
+    endpoint,
+    new_token,
+)
+from sip_operator.session_spec import (
+    DEFAULT_RETAIN_AFTER_DELETION,
+    SessionSpec,
+    SpecError,
+    parse_duration,
+    parse_spec,
+)
+from sip_operator.settings import OperatorSettings, SecretKeyRef
+from sip_operator.status_mirror import SessionKey, StatusMirror
+
+logger = logging.getLogger(__name__)
+
+# (SipSession body, event type Normal|Warning, reason, message) -> a Kubernetes Event.
+PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+STOP_TIMEOUT = 30.0
+
+
+class RetentionError(Exception):
+    """The history stream's expiry could not be set (Redis unreachable)."""
+
+
+@dataclass
+class Session:
+    """What the operator knows about one SipSession between passes."""
+
+    key: SessionKey
+    body: dict[str, Any]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: "asyncio.Task[None] | None" = None
+    stopping: bool = False
+    pod: PodState | None = None
+    worker: WorkerStatus | None = None
+    problem: str | None = None  # what keeps it Failed
+    waiting: str | None = None  # why there is no pod at the moment
+    replacing: bool = False
+    children_ready: bool = False  # token Secret and Service exist
+    pod_failures: int = 0  # pod losses since the last ready pod: the recreation backoff
+    problem_retries: int = 0
+    api_failures: int = 0
+    not_before: float = 0.0  # monotonic time before which no pod is created
+    deleting_pod_uid: str | None = None  # a pod this operator deleted on purpose
+    applied_generation: int = 0
+    published: dict[str, Any] | None = None
+    last_phase: str | None = None
+    last_failure: str | None = None
+    registered: bool = False
+
+    @property
+    def ref(self) -> SessionRef:
+        metadata = self.body["metadata"]
+        return SessionRef(self.key[0], self.key[1], str(metadata.get("uid", "")))
+
+    @property
+    def generation(self) -> int:
+        return int(self.body["metadata"].get("generation") or 1)
+
+    @property
+    def label(self) -> str:
+        return f"{self.key[0]}/{self.key[1]}"
+
+
+def _session_key(body: Mapping[str, Any]) -> SessionKey:
+    metadata = body["metadata"]
+    return (str(metadata["namespace"]), str(metadata["name"]))
+
+
+def _has_key(secret: Mapping[str, Any], key: str) -> bool:
+    return key in (secret.get("data") or {}) or key in (secret.get("stringData") or {})
+
+
+class SessionController:
+    def __init__(
+        self,
+        kube: KubeApi,
+        mirror: StatusMirror,
+        settings: OperatorSettings,
+        post_event: PostEvent,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kube = kube
+        self._mirror = mirror
+        self._settings = settings
+        self._post_event = post_event
+        self._clock = clock
+        self.sessions: dict[SessionKey, Session] = {}
+
+    # ---- news from the watches and the status mirror: record it, wake the session ----
+
+    def observe_session(self, body: Mapping[str, Any]) -> None:
+        key = _session_key(body)
+        session = self.sessions.get(key)
+        uid = body["metadata"].get("uid")
+        if session is not None and session.ref.uid != uid:
+            self._abandon(session)  # a deleted namesake: start over for the new object
+            session = None
+        if session is None:
+            if body["metadata"].get("deletionTimestamp"):
+                return  # being deleted: finalize() does the rest, nothing is to be started
+            status = body.get("status") or {}
+            conditions = status.get("conditions") or []
+            session = Session(
+                key=key,
+                body=dict(body),
+                last_phase=status.get("phase"),
+                last_failure=status.get("message") if status.get("phase") == phase.FAILED else None,
+                registered=any(
+                    c.get("type") == "Registered" and c.get("status") == "True" for c in conditions
+                ),
+                applied_generation=int(status.get("observedGeneration") or 0),
+            )
+            self.sessions[key] = session
+            self._mirror.follow(key)
+            session.task = asyncio.get_running_loop().create_task(
+                self._run(session), name=f"session {session.label}"
+            )
+        else:
+            session.body = dict(body)
+        session.wake.set()
+
+    def forget_session(self, body: Mapping[str, Any]) -> None:
+        """The SipSession is gone from the API (after its finalizer)."""
+        session = self.sessions.get(_session_key(body))
+        if session is not None and session.ref.uid == body["metadata"].get("uid"):
+            self._abandon(session)
+
+    def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        owner_uid = controller_uid(dict(body))
+        owner = next(
+            (r for r in metadata.get("ownerReferences") or [] if r.get("uid") == owner_uid), None
+        )
+        if owner is None:
+            return
+        session = self.sessions.get((str(metadata.get("namespace")), str(owner.get("name"))))
+        if session is None or session.ref.uid != owner_uid:
+            return
+        if metadata.get("name") != child_names(session.key[1]).pod:
+            return
+        uid = str(metadata.get("uid", ""))
+        if event_type == "DELETED":
+            if session.pod is not None and session.pod.uid != uid:
+                return  # an older pod's late news
+            session.pod = None
+            if uid != session.deleting_pod_uid:
+                session.pod_failures += 1
+                delay = self._settings.backoff(session.pod_failures)
+                session.not_before = self._clock() + delay
+                session.waiting = f"worker pod {metadata.get('name')} was deleted; recreating it"
+            session.deleting_pod_uid = None
+        else:
+            session.pod = phase.pod_state(body, owner_uid, ANNOTATION_SPEC_HASH)
+        session.wake.set()
+
+    def observe_worker_status(self, key: SessionKey, status: WorkerStatus) -> None:
+        session = self.sessions.get(key)
+        if session is not None:
+            session.worker = status
+            session.wake.set()
+
+    # ---- deletion and shutdown ----
+
+    async def finalize(self, body: Mapping[str, Any]) -> None:
+        """Deletes pod, Service and token Secret, and lets the history stream expire."""
+        key = _session_key(body)
+        session = self.sessions.get(key)
+        if session is not None and session.ref.uid == body["metadata"].get("uid"):
+            await self._stop(session)
+            self.sessions.pop(key, None)
+        self._mirror.unfollow(key)
+        namespace, name = key
+        names = child_names(name)
+        await self._kube.patch_session_status(
+            namespace,
+            name,
+            {
+                "phase": phase.TERMINATING,
+                "message": "deleting the worker pod, its service and token Secret",
+            },
+        )
+        await self._kube.delete_pod(namespace, names.pod)
+        await self._kube.delete_service(namespace, names.service)
+        await self._kube.delete_secret(namespace, names.token_secret)
+        try:
+            retain = parse_spec(body.get("spec") or {}).retain_after_deletion
+        except SpecError:
+            retain = parse_duration(DEFAULT_RETAIN_AFTER_DELETION)
+        try:
+            await self._mirror.expire(key, retain)
+        except Exception as error:
+            raise RetentionError(f"cannot set the history stream's expiry: {error}") from error
+        logger.info("SipSession %s/%s deleted; history kept for %ds", namespace, name, retain)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop(s) for s in list(self.sessions.values())))
+        self.sessions.clear()
+
+    def _abandon(self, session: Session) -> None:
+        self.sessions.pop(session.key, None)
+        self._mirror.unfollow(session.key)
+        session.stopping = True
+        session.wake.set()
+
+    async def _stop(self, session: Session) -> None:
+        """Lets the session's loop finish its current step (no half-done create), then ends it."""
+        session.stopping = True
+        session.wake.set()
+        if session.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(session.task), STOP_TIMEOUT)
+        except TimeoutError:
+            session.task.cancel()
+
+    # ---- the loop ----
+
+    async def _run(self, session: Session) -> None:
+        while not session.stopping:
+            session.wake.clear()
+            delay: float | None
+            try:
+                delay = await self._reconcile(session)
+                session.api_failures = 0
+            except KubeError as error:
+                session.api_failures += 1
+                delay = self._settings.backoff(session.api_failures)
+                logger.warning("SipSession %s: %s; retrying in %.1fs", session.label, error, delay)
+            except Exception:
+                session.api_failures += 1
+                delay = self._settings.backoff(session.api_failures)
+                logger.exception("SipSession %s: reconciling failed", session.label)
+            if session.stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wake.wait(), delay)
+
+    async def _reconcile(self, session: Session) -> float | None:
+        """One pass; returns when to look again (None: only when something changes)."""
+        if session.body["metadata"].get("deletionTimestamp"):
+            return None  # finalize() takes it from here
+        try:
+            spec = parse_spec(session.body.get("spec") or {})
+        except SpecError as error:
+            session.problem = f"invalid spec: {error}"
+            await self._publish(session, None)
+            return None
+        if not session.children_ready:
+            problem = await self._ensure_children(session.ref)
+            if problem:
+                return await self._fail(session, spec, problem)
+            session.children_ready = True
+        pod = session.pod
+        if pod is not None:
+            return await self._check_pod(session, spec, pod)
+        wait = session.not_before - self._clock()
+        if wait > 0:
+            await self._publish(session, spec)
+            return wait
+        problem = await self._secret_problem(session.key[0], spec)
+        if problem:
+            return await self._fail(session, spec, problem)
+        created = await self._create_pod(session, spec)
+        if created is None:
+            return self._settings.backoff(1)
+        if isinstance(created, str):
+            return await self._fail(session, spec, created)
+        return await self._check_pod(session, spec, created)
+
+    async def _check_pod(self, session: Session, spec: SessionSpec, pod: PodState) -> float | None:
+        namespace = session.key[0]
+        if pod.deleting or pod.uid == session.deleting_pod_uid:
+            await self._publish(session, spec)
+            return None  # its DELETED event wakes us
+        if pod.owner_uid != session.ref.uid:
+            session.deleting_pod_uid = pod.uid
+            await self._kube.delete_pod(namespace, pod.name)
+            return None
+        if pod.failed:
+            session.pod_failures += 1
+            delay = self._settings.backoff(session.pod_failures)
+            session.not_before = self._clock() + delay
+            reason = f": {pod.reason}" if pod.reason else ""
+            session.problem = f"worker pod {pod.name} failed{reason}; recreating it"
+            session.deleting_pod_uid = pod.uid
+            await self._kube.delete_pod(namespace, pod.name)
+            await self._publish(session, spec)
+            return None
+        if pod.spec_hash != spec.fingerprint():
+            session.replacing = True
+            session.deleting_pod_uid = pod.uid
+            await self._kube.delete_pod(namespace, pod.name)
+            self._event(
+                session,
+                "Normal",
+                "Replacing",
+                f"spec generation {session.generation}: replacing worker pod {pod.name}",
+            )
+            await self._publish(session, spec)
+            return None
+        if pod.ready:
+            session.pod_failures = 0
+        session.problem = session.waiting = None
+        session.problem_retries = 0
+        session.replacing = False
+        session.applied_generation = session.generation
+        await self._publish(session, spec)
+        return None
+
+    async def _fail(self, session: Session, spec: SessionSpec, problem: str) -> float:
+        session.problem = problem
+        session.problem_retries += 1
+        await self._publish(session, spec)
+        return self._settings.backoff(session.problem_retries)
+
+    async def _ensure_children(self, ref: SessionRef) -> str | None:
+        """Creates (or adopts) the token Secret and the Service; a problem message if blocked."""
+        names = child_names(ref.name)
+        problem = await self._ensure_owned(
+            ref,
+            "Secret",
+            names.token_secret,
+            lambda: self._kube.create_secret(build_token_secret(ref, new_token())),
+            lambda: self._kube.read_secret(ref.namespace, names.token_secret),
+            lambda: self._kube.delete_secret(ref.namespace, names.token_secret),
+            usable=lambda secret: _has_key(secret, TOKEN_KEY),
+        )
+        if problem:
+            return problem
+        return await self._ensure_owned(
+            ref,
+            "Service",
+            names.service,
+            lambda: self._kube.create_service(build_service(ref, self._settings)),
+            lambda: self._kube.read_service(ref.namespace, names.service),
+            lambda: self._kube.delete_service(ref.namespace, names.service),
+            usable=lambda service: True,
+        )
+
+    async def _ensure_owned(
+        self,
+        ref: SessionRef,
+        kind: str,
+        name: str,
+        create: Callable[[], Any],
+        read: Callable[[], Any],
+        delete: Callable[[], Any],
+        usable: Callable[[dict[str, Any]], bool],
+    ) -> str | None:
+        try:
+            await create()
+            return None
+        except AlreadyExists:
+            existing = await read()
+        if existing is None:
+            raise KubeError(f"adopt {kind} {ref.namespace}/{name}", 409, "created and gone")
+        owner = controller_uid(existing)
+        if owner == ref.uid and usable(existing):
+            return None
+        if owner is None:
+            return (
+                f"{kind} {ref.namespace}/{name} exists and is not controlled by this SipSession;"
+                " delete or rename it"
+            )
+        # Left over from a deleted namesake (or unusable): replace it.
+        await delete()
+        await create()
+        return None
+
+    async def _secret_problem(self, namespace: str, spec: SessionSpec) -> str | None:
+        """Why the pod could not start for want of a Secret or key (checked before creating it)."""
+        wanted = [(spec.password_ref, "spec.account.passwordSecretRef")]
+        if self._settings.redis_password_secret is not None:
+            wanted.append(
+                (self._settings.redis_password_secret, "SIP_OPERATOR_REDIS_PASSWORD_SECRET")
+            )
+        for ref, source in wanted:
+            problem = await self._missing(namespace, ref, source)
+            if problem:
+                return problem
+        return None
+
+    async def _missing(self, namespace: str, ref: SecretKeyRef, source: str) -> str | None:
+        secret = await self._kube.read_secret(namespace, ref.name)
+        if secret is None:
+            return f"Secret {namespace}/{ref.name} not found (named by {source})"
+        if not _has_key(secret, ref.key):
+            return f"Secret {namespace}/{ref.name} has no key {ref.key!r} (named by {source})"
+        return None
+
+    async def _create_pod(self, session: Session, spec: SessionSpec) -> PodState | str | None:
+        """The new (or adopted) pod; a problem message; None if it vanished meanwhile."""
+        ref = session.ref
+        body = build_pod(ref, spec, self._settings, session.generation)
+        name = body["metadata"]["name"]
+        try:
+            created = await self._kube.create_pod(body)
+        except AlreadyExists:
+            found = await self._kube.read_pod(ref.namespace, name)
+            if found is None:
+                return None
+            owner = controller_uid(found)
+            if owner is None:
+                return (
+                    f"Pod {ref.namespace}/{name} exists and is not controlled by this SipSession;"
+                    " delete or rename it"
+                )
+            session.pod = phase.pod_state(found, owner, ANNOTATION_SPEC_HASH)
+            return session.pod
+        state = phase.pod_state(created, ref.uid, ANNOTATION_SPEC_HASH)
+        if session.pod is None or session.pod.uid != state.uid:  # the watch may be newer
+            session.pod = state
+        before = session.waiting or session.problem
+        message = f"created worker pod {name}" + (f" (before: {before})" if before else "")
+        self._event(session, "Normal", "PodCreated", message)
+        return session.pod
+
+    # ---- status and events ----
+
+    async def _publish(self, session: Session, spec: SessionSpec | None) -> None:
+        ref = session.ref
+        names = child_names(ref.name)
+        observation = Observation(
+            problem=session.problem,
+            waiting=session.waiting,
+            pod=session.pod,
+            replacing=session.replacing,
+            worker=session.worker,
+            start_session=spec.start_session if spec else True,
+        )
+        previous = session.published or session.body.get("status") or {}
+        status = phase.build_status(
+            observation,
+            generation=session.applied_generation if session.replacing else session.generation,
+            pod_name=names.pod,
+            endpoint=endpoint(ref, self._settings),
+            token_secret={"name": names.token_secret, "key": TOKEN_KEY},
+            previous=previous,
+            now=phase.now_timestamp(),
+        )
+        self._announce_transitions(session, status, spec)
+        if all(previous.get(k) == v for k, v in status.items()):
+            return
+        if await self._kube.patch_session_status(ref.namespace, ref.name, status):
+            session.published = status
+
+    def _announce_transitions(
+        self, session: Session, status: Mapping[str, Any], spec: SessionSpec | None
+    ) -> None:
+        new_phase, message = status["phase"], status["message"]
+        if new_phase == phase.FAILED:
+            if session.last_phase != phase.FAILED or session.last_failure != message:
+                self._event(session, "Warning", "Failed", message)
+            session.last_failure = message
+        elif session.last_phase == phase.FAILED:
+            self._event(session, "Normal", "Recovered", message)
+            session.last_failure = None
+        registered = any(
+            c["type"] == "Registered" and c["status"] == "True" for c in status["conditions"]
+        )
+        if registered and not session.registered:
+            account = spec.account_name if spec else "the account"
+            self._event(session, "Normal", "Registered", f"{account} is registered")
+        session.registered = registered
+        session.last_phase = new_phase
+
+    def _event(self, session: Session, kind: str, reason: str, message: str) -> None:
+        logger.info("SipSession %s: %s: %s", session.label, reason, message)
+        self._post_event(session.body, kind, reason, message)

@@ -1,0 +1,211 @@
+"""What a SipSession's status says, derived from what the operator observed.
+
+Pure functions: the controller gathers the observations (its own problems, the worker pod
+from the watch, the worker's last SipStatus from Redis) and this module turns them into the
+phase, message and conditions that go into `.status`.
+"""
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PENDING = "Pending"
+STARTING = "Starting"
+READY = "Ready"
+IN_CALL = "InCall"
+FAILED = "Failed"
+TERMINATING = "Terminating"
+
+# SipStatus types while a call is up or being set up or torn down.
+CALL_TYPES = frozenset(
+    {
+        "incoming_call_initiated",
+        "outgoing_call_initiated",
+        "outgoing_call_connected",
+        "incoming_call_connected",
+        "transfer_call_initiated",
+        "soft_hangup_initiated",
+        "hard_hangup_initiated",
+    }
+)
+# Types after which the account is no longer (or not yet) registered.
+UNREGISTERED_TYPES = frozenset({"no_session"})
+# Types that mean the session is up (a finished or failed call leaves it ready).
+SESSION_TYPES = frozenset(
+    {"ready", "incoming_call_failed", "outgoing_call_failed"}
+    | {"incoming_call_finished", "outgoing_call_finished"}
+)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """The newest entry of the session's history stream."""
+
+    type: str
+    callee_id: str = ""
+    timestamp: str | None = None
+    description: str = ""
+
+    def as_status(self) -> dict[str, str]:
+        status = {"type": self.type, "calleeId": self.callee_id}
+        if self.timestamp:
+            status["timestamp"] = self.timestamp
+        if self.description:
+            status["description"] = self.description
+        return status
+
+
+@dataclass(frozen=True)
+class PodState:
+    """What the watch last said about the worker pod."""
+
+    name: str
+    uid: str
+    owner_uid: str | None
+    phase: str | None
+    ready: bool
+    deleting: bool
+    spec_hash: str | None
+    reason: str
+
+    @property
+    def failed(self) -> bool:
+        # restartPolicy Always: a pod that ended (evicted, node lost, ...) never runs again.
+        return self.phase in ("Failed", "Succeeded")
+
+
+def pod_state(body: Mapping[str, Any], owner_uid: str | None, spec_hash_key: str) -> PodState:
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return PodState(
+        name=str(metadata.get("name", "")),
+        uid=str(metadata.get("uid", "")),
+        owner_uid=owner_uid,
+        phase=status.get("phase"),
+        ready=ready and status.get("phase") == "Running",
+        deleting=bool(metadata.get("deletionTimestamp")),
+        spec_hash=(metadata.get("annotations") or {}).get(spec_hash_key),
+        reason=_pod_reason(status),
+    )
+
+
+def _pod_reason(status: Mapping[str, Any]) -> str:
+    parts = [str(status[k]) for k in ("reason", "message") if status.get(k)]
+    for container in status.get("containerStatuses") or []:
+        for state in ("waiting", "terminated"):
+            detail = (container.get("state") or {}).get(state) or {}
+            if detail.get("reason"):
+                parts.append(f"{container.get('name', 'container')} {state}: {detail['reason']}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Observation:
+    deleting: bool = False
+    problem: str | None = None  # why the session cannot run now (phase Failed)
+    waiting: str | None = None  # why there is no pod right now (e.g. a pending recreation)
+    pod: PodState | None = None
+    replacing: bool = False
+    worker: WorkerStatus | None = None
+    start_session: bool = True
+
+
+def derive_phase(observation: Observation) -> tuple[str, str]:
+    """The phase and a one-line message saying why."""
+    pod, worker = observation.pod, observation.worker
+    if observation.deleting:
+        return TERMINATING, "deleting the worker pod, its service and token Secret"
+    if observation.problem:
+        return FAILED, observation.problem
+    if observation.replacing:
+        return PENDING, "replacing the worker pod for the changed spec"
+    if pod is None:
+        return PENDING, observation.waiting or "creating the worker pod"
+    if pod.phase != "Running":
+        return PENDING, f"worker pod {pod.name} is {pod.phase or 'Pending'}"
+    if not pod.ready:
+        return STARTING, "waiting for the worker to report healthy"
+    if worker is not None and worker.type in CALL_TYPES:
+        return IN_CALL, f"{worker.type} {worker.callee_id}".strip()
+    if observation.start_session and (worker is None or worker.type not in SESSION_TYPES):
+        return STARTING, "the worker is registering the account and starting the session"
+    return READY, "the worker is ready"
+
+
+def is_registered(observation: Observation) -> bool:
+    pod, worker = observation.pod, observation.worker
+    return (
+        not observation.deleting
+        and pod is not None
+        and pod.ready
+        and worker is not None
+        and worker.type not in UNREGISTERED_TYPES
+    )
+
+
+def now_timestamp() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(
+    kind: str,
+    true: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if true else "False"
+    old = next((c for c in previous if c.get("type") == kind), None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": generation,
+    }
+
+
+def build_status(
+    observation: Observation,
+    *,
+    generation: int,
+    pod_name: str,
+    endpoint: str,
+    token_secret: Mapping[str, str],
+    previous: Mapping[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    """The whole `.status` (conditions keep their lastTransitionTime while unchanged)."""
+    phase, message = derive_phase(observation)
+    registered = is_registered(observation)
+    old_conditions = previous.get("conditions") or []
+    ready = phase in (READY, IN_CALL)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "message": message,
+        "podName": pod_name,
+        "endpoint": endpoint,
+        "tokenSecretRef": dict(token_secret),
+        "observedGeneration": generation,
+        "conditions": [
+            _condition("Ready", ready, phase, message, generation, old_conditions, now),
+            _condition(
+                "Registered",
+                registered,
+                "Registered" if registered else "NotRegistered",
+                (observation.worker.type if observation.worker else "no status yet"),
+                generation,
+                old_conditions,
+                now,
+            ),
+        ],
+        "lastStatus": observation.worker.as_status() if observation.worker else None,
+    }
+    return status

@@ -1,0 +1,286 @@
+"""The bodies of what the operator creates per SipSession: worker Pod, Service, token Secret.
+
+Names are deterministic (a function of the SipSession's name), so a restarted operator finds
+what it created before instead of creating it twice. Everything is owned by the SipSession
+(controller ownerReference) and labelled. No secret value is ever put into a pod spec: the
+SIP and Redis passwords arrive through secretKeyRef, the API token as a mounted file.
+"""
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sip_operator.session_spec import API_VERSION, KIND, SessionSpec
+from sip_operator.settings import OperatorSettings
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_SESSION = "sip-operator.dev/session"
+WORKER_APP = "sip-worker"
+MANAGER = "sip-operator"
+ANNOTATION_SPEC_HASH = "sip-operator.dev/spec-hash"
+ANNOTATION_GENERATION = "sip-operator.dev/generation"
+
+CONTAINER_NAME = "sip-worker"
+TOKEN_KEY = "token"
+TOKEN_DIR = "/var/run/sip-worker/token"
+TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
+WORKER_UID = 10001
+
+_DNS_LABEL_MAX = 63
+_NOT_LABEL_CHARS = re.compile(r"[^a-z0-9-]")
+_NOT_LABEL_VALUE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """Which SipSession (the owner) the objects belong to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    pod: str
+    service: str
+    token_secret: str
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def child_names(session_name: str) -> ChildNames:
+    """Pod and Service share one DNS-1035 label (<= 63 chars); long or dotted names get a hash."""
+    base = f"sip-{session_name}"
+    if len(base) > _DNS_LABEL_MAX or _NOT_LABEL_CHARS.search(base):
+        cleaned = _NOT_LABEL_CHARS.sub("-", base.lower())[: _DNS_LABEL_MAX - 9].rstrip("-")
+        base = f"{cleaned}-{_short_hash(session_name)}"
+    return ChildNames(pod=base, service=base, token_secret=f"{base}-token")
+
+
+def session_label(session_name: str) -> str:
+    """The session's name as a label value (<= 63 chars, label characters only)."""
+    if len(session_name) <= _DNS_LABEL_MAX and not _NOT_LABEL_VALUE_CHARS.search(session_name):
+        return session_name
+    cleaned = _NOT_LABEL_VALUE_CHARS.sub("-", session_name)[: _DNS_LABEL_MAX - 9].strip("-_.")
+    return f"{cleaned}-{_short_hash(session_name)}"
+
+
+def labels(session_name: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: WORKER_APP,
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_SESSION: session_label(session_name),
+    }
+
+
+def owner_reference(session: SessionRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": session.name,
+        "uid": session.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def controller_uid(body: dict[str, Any]) -> str | None:
+    """The uid of the SipSession controlling `body`, if a SipSession controls it."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND:
+            uid = ref.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
+def _metadata(session: SessionRef, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": session.namespace,
+        "labels": labels(session.name),
+        "ownerReferences": [owner_reference(session)],
+    }
+
+
+def endpoint(session: SessionRef, settings: OperatorSettings) -> str:
+    names = child_names(session.name)
+    return f"{names.service}.{session.namespace}.svc:{settings.grpc_port}"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def build_token_secret(session: SessionRef, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(session, child_names(session.name).token_secret),
+        "type": "Opaque",
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def build_service(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(session, child_names(session.name).service),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {
+                LABEL_MANAGED_BY: MANAGER,
+                LABEL_SESSION: session_label(session.name),
+            },
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": settings.grpc_port,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                }
+            ],
+        },
+    }
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _worker_env(
+    session: SessionRef, spec: SessionSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    env = [
+        _env("SIP_WORKER_ACCOUNT", spec.account_name),
+        _secret_env("SIP_WORKER_PASSWORD", spec.password_ref.name, spec.password_ref.key),
+        _env("SIP_WORKER_SESSION_KEY", f"{session.namespace}/{session.name}"),
+        _env("SIP_WORKER_REDIS_URL", settings.redis_url),
+        _env("SIP_WORKER_HISTORY_MAX_LEN", str(spec.history_max_length)),
+        _env("SIP_WORKER_AUTO_ANSWER_INTERVAL", str(spec.auto_answer_interval)),
+        _env("SIP_WORKER_START_SESSION", "true" if spec.start_session else "false"),
+        _env("SIP_WORKER_SIP_TRANSPORT", spec.transport),
+        _env("SIP_WORKER_SIP_HOST", "0.0.0.0"),
+        _env("SIP_WORKER_SIP_PORT", str(settings.sip_port)),
+        _env("SIP_WORKER_GRPC_HOST", "0.0.0.0"),
+        _env("SIP_WORKER_GRPC_PORT", str(settings.grpc_port)),
+        _env("SIP_WORKER_METRICS_PORT", str(settings.metrics_port)),
+        {
+            "name": "SIP_WORKER_PUBLIC_ADDRESS",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
+        },
+        _env("SIP_WORKER_AUTH_TOKEN_FILE", TOKEN_FILE),
+        _env("SIP_WORKER_LOG_FORMAT", "json"),
+        _env("SIP_WORKER_SHUTDOWN_GRACE", f"{settings.worker_shutdown_grace:g}"),
+    ]
+    if spec.auth_username:
+        env.append(_env("SIP_WORKER_AUTH_USERNAME", spec.auth_username))
+    if spec.outbound_proxy:
+        env.append(_env("SIP_WORKER_OUTBOUND_PROXY", spec.outbound_proxy))
+    if settings.redis_password_secret:
+        ref = settings.redis_password_secret
+        env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))
+    return env
+
+
+def _ports(spec: SessionSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    ports = [
+        {"name": "grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
+        {"name": "sip", "containerPort": settings.sip_port, "protocol": spec.transport.upper()},
+    ]
+    if settings.metrics_port:
+        ports.append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
+    return ports
+
+
+_DEFAULT_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
+def build_pod(
+    session: SessionRef, spec: SessionSpec, settings: OperatorSettings, generation: int
+) -> dict[str, Any]:
+    names = child_names(session.name)
+    metadata = _metadata(session, names.pod)
+    metadata["annotations"] = {
+        ANNOTATION_SPEC_HASH: spec.fingerprint(),
+        ANNOTATION_GENERATION: str(generation),
+    }
+    grpc_probe = {"grpc": {"port": settings.grpc_port}}
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.worker_image,
+        "imagePullPolicy": settings.worker_image_pull_policy,
+        "command": ["sip-worker"],
+        "args": ["--start-session"] if spec.start_session else [],
+        "env": _worker_env(session, spec, settings),
+        "ports": _ports(spec, settings),
+        "resources": spec.resources or _DEFAULT_RESOURCES,
+        "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {
+            **grpc_probe,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "api-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostNetwork": spec.host_network,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [
+            {
+                "name": "api-token",
+                "secret": {
+                    "secretName": names.token_secret,
+                    "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+                    "defaultMode": 0o440,
+                },
+            },
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if spec.host_network:
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = spec.node_selector
+    if spec.tolerations:
+        pod_spec["tolerations"] = spec.tolerations
+    if settings.worker_service_account:
+        pod_spec["serviceAccountName"] = settings.worker_service_account
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

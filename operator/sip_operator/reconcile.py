@@ -1,0 +1,96 @@
+"""The kopf handlers: they feed watch events to the SessionController and run its lifecycle.
+
+kopf owns the watches, the finalizer, event posting, logging and peering. SipSession and
+worker-pod events only update the controller's view and wake the session's loop; deletion
+runs through an on.delete handler so that cleanup and the history expiry happen before the
+SipSession disappears.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from sip_operator.controller import RetentionError, SessionController
+from sip_operator.kube import KubeApi
+from sip_operator.pod_builder import LABEL_MANAGED_BY, MANAGER
+from sip_operator.session_spec import GROUP, PLURAL, VERSION
+from sip_operator.settings import load_settings
+from sip_operator.status_mirror import StatusMirror
+
+PREFIX = "sip-operator.dev"
+FINALIZER = f"{PREFIX}/cleanup"
+RETENTION_ATTEMPTS = 5
+
+
+def _post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=kind, reason=reason, message=message)
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # Our own events say what matters; kopf's per-handler INFO chatter stays in the log only.
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+
+
+@kopf.on.startup()
+async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    operator_settings = load_settings(os.environ)
+    configure_kopf(settings)
+    kube = KubeApi()
+    mirror = StatusMirror(operator_settings.redis_url, operator_settings.redis_password)
+    controller = SessionController(kube, mirror, operator_settings, _post_event)
+    memo.kube = kube
+    memo.mirror = mirror
+    memo.controller = controller
+    memo.mirror_task = asyncio.get_running_loop().create_task(
+        mirror.run(controller.observe_worker_status), name="status mirror"
+    )
+
+
+@kopf.on.cleanup()
+async def stop_operator(memo: kopf.Memo, **_: Any) -> None:
+    await memo.controller.close()
+    memo.mirror_task.cancel()
+    await asyncio.gather(memo.mirror_task, return_exceptions=True)
+    await memo.mirror.close()
+    memo.kube.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def session_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        memo.controller.forget_session(body)
+    else:
+        memo.controller.observe_session(body)
+
+
+@kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGER})
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.observe_pod(event["type"], body)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def session_deleted(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    try:
+        await memo.controller.finalize(body)
+    except RetentionError as error:
+        if retry + 1 < RETENTION_ATTEMPTS:
+            raise kopf.TemporaryError(str(error), delay=2 ** (retry + 1)) from error
+        # Deleting must not hang on Redis: the stream then stays until someone removes it.
+        logger.warning("%s; the history stream keeps no expiry", error)

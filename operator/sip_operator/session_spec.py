@@ -1,0 +1,147 @@
+"""A SipSession's spec as typed values, with the CRD's defaults filled in.
+
+The CRD schema refuses bad specs at admission; this parser still checks what the operator
+relies on, so an object admitted without the schema (or an older one) fails clearly.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sip_operator.settings import SecretKeyRef
+
+GROUP = "sip-operator.dev"
+VERSION = "v1alpha1"
+PLURAL = "sipsessions"
+KIND = "SipSession"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_AUTO_ANSWER_INTERVAL = 1
+DEFAULT_START_SESSION = True
+DEFAULT_TRANSPORT = "udp"
+DEFAULT_HISTORY_MAX_LENGTH = 10000
+DEFAULT_RETAIN_AFTER_DELETION = "168h"
+TRANSPORTS = ("udp", "tcp")
+
+_DURATION = re.compile(r"^(?:[0-9]+[smhd])+$")
+_DURATION_PART = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SpecError(Exception):
+    """The spec cannot be run; the message says which field and why."""
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as `90s`, `30m`, `1h30m`, `7d`."""
+    if not _DURATION.match(text):
+        raise SpecError(
+            f"history.retainAfterDeletion {text!r} is not a duration such as 30m, 24h or 7d"
+        )
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    account_name: str
+    password_ref: SecretKeyRef
+    auth_username: str | None = None
+    outbound_proxy: str | None = None
+    auto_answer_interval: int = DEFAULT_AUTO_ANSWER_INTERVAL
+    start_session: bool = DEFAULT_START_SESSION
+    transport: str = DEFAULT_TRANSPORT
+    image: str | None = None
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    host_network: bool = False
+    history_max_length: int = DEFAULT_HISTORY_MAX_LENGTH
+    retain_after_deletion: int = field(
+        default_factory=lambda: parse_duration(DEFAULT_RETAIN_AFTER_DELETION)
+    )
+
+    def fingerprint(self) -> str:
+        """Changes exactly when the worker pod has to be replaced (retention does not count)."""
+        fields = asdict(self)
+        del fields["retain_after_deletion"]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where} must be an object")
+    return value
+
+
+def _string(section: Mapping[str, Any], key: str, where: str, required: bool = False) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        if required:
+            raise SpecError(f"{where}.{key} is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{where}.{key} must be a string")
+    return value
+
+
+def _integer(section: Mapping[str, Any], key: str, where: str, default: int, low: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(f"{where}.{key} must be an integer >= {low}")
+    return value
+
+
+def _boolean(section: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}.{key} must be true or false")
+    return value
+
+
+def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
+    """The typed spec; raises SpecError for anything the worker could not run with."""
+    account = _mapping(spec.get("account"), "spec.account")
+    if not account:
+        raise SpecError("spec.account is required")
+    secret_ref = _mapping(account.get("passwordSecretRef"), "spec.account.passwordSecretRef")
+    where_ref = "spec.account.passwordSecretRef"
+    password_ref = SecretKeyRef(
+        name=str(_string(secret_ref, "name", where_ref, required=True)),
+        key=str(_string(secret_ref, "key", where_ref, required=True)),
+    )
+    transport = spec.get("transport", DEFAULT_TRANSPORT)
+    if transport not in TRANSPORTS:
+        raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}")
+    worker = _mapping(spec.get("worker"), "spec.worker")
+    history = _mapping(spec.get("history"), "spec.history")
+    retain = _string(history, "retainAfterDeletion", "spec.history")
+    tolerations = worker.get("tolerations")
+    if tolerations is not None and not isinstance(tolerations, list):
+        raise SpecError("spec.worker.tolerations must be a list")
+    return SessionSpec(
+        account_name=str(_string(account, "name", "spec.account", required=True)),
+        password_ref=password_ref,
+        auth_username=_string(account, "authUsername", "spec.account"),
+        outbound_proxy=_string(account, "outboundProxy", "spec.account"),
+        auto_answer_interval=_integer(
+            spec, "autoAnswerInterval", "spec", DEFAULT_AUTO_ANSWER_INTERVAL, 0
+        ),
+        start_session=_boolean(spec, "startSession", "spec", DEFAULT_START_SESSION),
+        transport=transport,
+        image=_string(worker, "image", "spec.worker"),
+        resources=dict(_mapping(worker.get("resources"), "spec.worker.resources")) or None,
+        node_selector=dict(_mapping(worker.get("nodeSelector"), "spec.worker.nodeSelector"))
+        or None,
+        tolerations=list(tolerations) if tolerations else None,
+        host_network=_boolean(worker, "hostNetwork", "spec.worker", False),
+        history_max_length=_integer(
+            history, "maxLength", "spec.history", DEFAULT_HISTORY_MAX_LENGTH, 1
+        ),
+        retain_after_deletion=parse_duration(retain or DEFAULT_RETAIN_AFTER_DELETION),
+    )

@@ -1,0 +1,128 @@
+"""The operator's settings, read from SIP_OPERATOR_* environment variables (twelve-factor).
+
+The Redis password is never a setting value the operator writes anywhere: the operator reads
+its own from env REDIS_PASSWORD, and workers get theirs from the Secret named by
+SIP_OPERATOR_REDIS_PASSWORD_SECRET through a secretKeyRef.
+"""
+
+import math
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "SIP_OPERATOR_"
+REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+
+
+class SettingsError(Exception):
+    """A setting is malformed; the message names the environment variable."""
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    redis_url: str = "redis://localhost:6379/0"
+    # The operator's own Redis password (env REDIS_PASSWORD); kept out of repr and logs.
+    redis_password: str | None = field(default=None, repr=False)
+    # The Secret (in each session's namespace) that gives workers their REDIS_PASSWORD.
+    redis_password_secret: SecretKeyRef | None = None
+    worker_image: str = "sip-worker:latest"
+    worker_image_pull_policy: str = "IfNotPresent"
+    worker_service_account: str | None = None
+    grpc_port: int = 50099
+    sip_port: int = 5060
+    metrics_port: int = 9464
+    worker_shutdown_grace: float = 20.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """Long enough for the worker's bounded soft shutdown, plus time to exit."""
+        return math.ceil(self.worker_shutdown_grace) + 10
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1, 2, ...): exponential, capped."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+
+def _text(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(ENV_PREFIX + name, default).strip()
+    if not value:
+        raise SettingsError(f"{ENV_PREFIX}{name} must not be empty")
+    return value
+
+
+def _optional(environ: Mapping[str, str], name: str) -> str | None:
+    return environ.get(ENV_PREFIX + name, "").strip() or None
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: float, low: float, high: float
+) -> float:
+    raw = environ.get(ENV_PREFIX + name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: must be a number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: must be between {low:g} and {high:g}")
+    return value
+
+
+def _port(environ: Mapping[str, str], name: str, default: int, allow_zero: bool = False) -> int:
+    value = _number(environ, name, default, 0 if allow_zero else 1, 65535)
+    if value != int(value):
+        raise SettingsError(f"{ENV_PREFIX}{name}={value!r}: must be an integer port")
+    return int(value)
+
+
+def _redis_url(environ: Mapping[str, str]) -> str:
+    url = _text(environ, "REDIS_URL", OperatorSettings.redis_url)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"{ENV_PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    if parsed.password:
+        # It would be copied into every worker pod's spec: refuse it, without echoing it.
+        raise SettingsError(
+            f"{ENV_PREFIX}REDIS_URL must not contain a password: set {REDIS_PASSWORD_ENV} for "
+            f"the operator and {ENV_PREFIX}REDIS_PASSWORD_SECRET for the workers"
+        )
+    return url
+
+
+def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
+    """Reads every setting from `environ`; raises SettingsError naming the variable."""
+    secret_name = _optional(environ, "REDIS_PASSWORD_SECRET")
+    secret_key = _optional(environ, "REDIS_PASSWORD_SECRET_KEY") or "password"
+    pull_policy = _text(environ, "WORKER_IMAGE_PULL_POLICY", "IfNotPresent")
+    if pull_policy not in ("Always", "IfNotPresent", "Never"):
+        raise SettingsError(
+            f"{ENV_PREFIX}WORKER_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never"
+        )
+    backoff_base = _number(environ, "BACKOFF_BASE", 1.0, 0.01, 3600)
+    return OperatorSettings(
+        redis_url=_redis_url(environ),
+        redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
+        redis_password_secret=SecretKeyRef(secret_name, secret_key) if secret_name else None,
+        worker_image=_text(environ, "WORKER_IMAGE", OperatorSettings.worker_image),
+        worker_image_pull_policy=pull_policy,
+        worker_service_account=_optional(environ, "WORKER_SERVICE_ACCOUNT"),
+        grpc_port=_port(environ, "GRPC_PORT", OperatorSettings.grpc_port),
+        sip_port=_port(environ, "SIP_PORT", OperatorSettings.sip_port),
+        metrics_port=_port(
+            environ, "WORKER_METRICS_PORT", OperatorSettings.metrics_port, allow_zero=True
+        ),
+        worker_shutdown_grace=_number(environ, "WORKER_SHUTDOWN_GRACE", 20.0, 1, 3600),
+        backoff_base=backoff_base,
+        backoff_max=_number(environ, "BACKOFF_MAX", 60.0, backoff_base, 86400),
+    )
