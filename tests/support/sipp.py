@@ -132,13 +132,12 @@ class Sipp:
 
     def received(self, method: str) -> list[str]:
         """Every request with `method` that sipp received, as text."""
-        blocks = re.split(r"\n(?=-{5,} )", self.messages())
-        return [
-            block.split("\n", 1)[1]
-            for block in blocks
-            if "message received" in block.split("\n", 1)[0]
-            and re.search(rf"^\s*{method} \S+ SIP/2\.0", block, re.M)
-        ]
+        requests = []
+        for block in re.split(r"^-{5,} .*$", self.messages(), flags=re.M):
+            kind, _, message = block.strip("\n").partition("\n")
+            if "message received" in kind and message.strip().startswith(f"{method} "):
+                requests.append(message.strip())
+        return requests
 
     def wait_for(self, pattern: str, timeout: float = 15.0, source: str = "messages") -> str:
         """Waits until `pattern` (a regex) appears in the trace or the logs; returns the match."""

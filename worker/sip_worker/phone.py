@@ -469,6 +469,11 @@ class Phone:
 
     def _begin_register_account(self, name: AccountName, password: str) -> "Future[None]":
         self._check_accepting()
+        if name.secure:
+            raise InvalidArgument(
+                f"sips: accounts need SIP over TLS, which this worker does not offer "
+                f"(it runs {self._settings.sip_transport})"
+            )
         if self._call is not None:
             raise WrongState("a call is in progress; end it before registering")
         current = self._account
@@ -1006,7 +1011,8 @@ class Phone:
         if state is None or state.finished:
             return
         state.audio = None
-        for media in call.getInfo().media:
+        info = call.getInfo()  # keep it: .media of a SWIG temporary is freed memory
+        for media in info.media:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 state.audio = call.getAudioMedia(media.index)
                 break

@@ -1,0 +1,279 @@
+"""A second PJSUA2 endpoint, in its own process, that answers calls and records what it hears.
+
+Tests run it with `RecordingPeer` (below). The process (`python -m tests.support.recording_peer`)
+answers every INVITE at once and, while a call's media is up, obeys commands on stdin:
+  record PATH   start recording the call's incoming audio to PATH (ends an earlier recording)
+  stop          finish the current recording (its WAV header is written)
+  hangup        send BYE
+  quit          exit
+It reports on stdout, one event per line: READY <sip port>, CONFIRMED, MEDIA, RECORDING <path>,
+STOPPED <path>, DISCONNECTED <code>. With --record-calls DIR each call is recorded whole to
+DIR/call-<n>.wav, finished before DISCONNECTED is printed.
+"""
+
+import argparse
+import contextlib
+import gc
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _riff_size(path: Path) -> int:
+    with path.open("rb") as file:
+        header = file.read(8)
+    return int.from_bytes(header[4:8], "little") if len(header) == 8 else 0
+
+
+def run_peer(port: int, record_calls: Path | None) -> None:
+    import pjsua2 as pj
+
+    events: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def emit(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    class Call(pj.Call):  # type: ignore[misc]
+        def __init__(self, account: Any, call_id: int) -> None:
+            super().__init__(account, call_id)
+            self.audio: Any = None
+            self.disconnected = False
+
+        def onCallState(self, prm: Any) -> None:
+            try:
+                info = self.getInfo()
+                if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                    events.put("CONFIRMED")
+                elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                    self.disconnected = True
+                    events.put(f"DISCONNECTED {info.lastStatusCode}")
+            except Exception as error:
+                emit(f"ERROR {error}")
+
+        def onCallMediaState(self, prm: Any) -> None:
+            try:
+                info = self.getInfo()  # a SWIG temporary would free .media under us
+                for media in info.media:
+                    if (
+                        media.type == pj.PJMEDIA_TYPE_AUDIO
+                        and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                    ):
+                        self.audio = self.getAudioMedia(media.index)
+                        events.put("MEDIA")
+            except Exception as error:
+                emit(f"ERROR {error}")
+
+    calls: list[Call] = []
+
+    class Account(pj.Account):  # type: ignore[misc]
+        def onIncomingCall(self, prm: Any) -> None:
+            try:
+                call = Call(self, prm.callId)
+                calls.append(call)
+                answer = pj.CallOpParam()
+                answer.statusCode = 200
+                call.answer(answer)
+            except Exception as error:
+                emit(f"ERROR {error}")
+
+    endpoint = pj.Endpoint()
+    endpoint.libCreate()
+    config = pj.EpConfig()
+    config.uaConfig.threadCnt = 0
+    config.uaConfig.mainThreadOnly = True
+    config.logConfig.consoleLevel = 1
+    config.logConfig.level = 1
+    config.medConfig.noVad = True
+    endpoint.libInit(config)
+    transport = pj.TransportConfig()
+    transport.port = port
+    transport.boundAddress = "127.0.0.1"
+    transport_id = endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+    local_port = int(str(endpoint.transportGetInfo(transport_id).localName).rsplit(":", 1)[1])
+    endpoint.libStart()
+    endpoint.audDevManager().setNullDev()
+    for codec in ("speex", "iLBC", "GSM"):
+        endpoint.codecSetPriority(codec, 0)
+    account_config = pj.AccountConfig()
+    account_config.idUri = f"sip:peer@127.0.0.1:{local_port}"
+    account_config.sipConfig.transportId = transport_id
+    account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+    account = Account()
+    account.create(account_config, True)
+
+    commands: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            commands.put(line.strip())
+        commands.put("quit")
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    emit(f"READY {local_port}")
+
+    recorder: Any = None
+    recorder_path = ""
+    call_count = 0
+
+    def stop_recording() -> None:
+        nonlocal recorder
+        if recorder is None:
+            return
+        current = calls[-1] if calls else None
+        if current is not None and current.audio is not None:
+            with contextlib.suppress(pj.Error):
+                current.audio.stopTransmit(recorder)
+        recorder = None
+        gc.collect()
+        # The conference bridge removes the port on its clock thread, and only then does the
+        # WAV writer fill in the header's sizes: wait for that.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and _riff_size(Path(recorder_path)) == 0:
+            endpoint.libHandleEvents(10)
+        emit(f"STOPPED {recorder_path}")
+
+    def start_recording(path: str) -> None:
+        nonlocal recorder, recorder_path
+        stop_recording()
+        current = calls[-1] if calls else None
+        if current is None or current.audio is None:
+            emit("ERROR no call media to record")
+            return
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(path)
+        current.audio.startTransmit(recorder)
+        recorder_path = path
+        emit(f"RECORDING {path}")
+
+    running = True
+    while running:
+        endpoint.libHandleEvents(10)
+        while not events.empty():
+            event = events.get()
+            if event == "MEDIA" and record_calls is not None and recorder is None:
+                call_count += 1
+                start_recording(str(record_calls / f"call-{call_count}.wav"))
+            if event.startswith("DISCONNECTED"):
+                stop_recording()
+                for call in list(calls):
+                    if call.disconnected:
+                        calls.remove(call)
+                        call.audio = None
+            emit(event)
+        while not commands.empty():
+            command, _, argument = commands.get().partition(" ")
+            if command == "record":
+                start_recording(argument)
+            elif command == "stop":
+                stop_recording()
+            elif command == "hangup":
+                endpoint.hangupAllCalls()
+            elif command == "quit":
+                running = False
+    stop_recording()
+    endpoint.hangupAllCalls()
+    deadline = time.monotonic() + 1.0
+    while calls and time.monotonic() < deadline:
+        endpoint.libHandleEvents(10)
+        calls[:] = [call for call in calls if not call.disconnected]
+    for call in calls:
+        call.audio = None
+    calls.clear()
+    account.shutdown()
+    del account
+    gc.collect()
+    endpoint.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+class RecordingPeer:
+    """Runs the peer process; `uri` is where to call it. `stop()` kills it (use in teardown)."""
+
+    def __init__(self, workdir: Path, record_calls: bool = False) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "tests.support.recording_peer", "--port", "0"]
+        if record_calls:
+            command += ["--record-calls", str(workdir)]
+        self.stderr_path = workdir / "peer-stderr.log"
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.seen: list[str] = []
+        with self.stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+        threading.Thread(target=self._read, daemon=True).start()
+        ready = self.wait_for("READY")
+        self.port = int(ready.split()[1])
+
+    @property
+    def uri(self) -> str:
+        return f"sip:peer@127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+
+    def wait_for(self, prefix: str, timeout: float = 20.0) -> str:
+        """Waits for the next event line starting with `prefix`; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"peer said no {prefix!r} within {timeout} s (saw {self.seen}); stderr:\n"
+                    + self.stderr_path.read_text(errors="replace")
+                ) from None
+            self.seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def command(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def record(self, path: Path, seconds: float) -> Path:
+        """Records the call's incoming audio for about `seconds` into `path`."""
+        self.command(f"record {path}")
+        self.wait_for("RECORDING")
+        time.sleep(seconds)
+        self.command("stop")
+        self.wait_for("STOPPED")
+        return path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.command("quit")
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--record-calls", type=Path)
+    arguments = parser.parse_args()
+    run_peer(arguments.port, arguments.record_calls)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""StartCall to sipp UAS scenarios: connect, headers on the wire, remote BYE, refusals."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ondewo.sip import sip_pb2
+from tests.support.sipp import SCENARIOS, Sipp
+from tests.worker.conftest import WorkerProcess
+
+HEADERS = {"X-Custom-Id": "abc123", "X-Tenant": "t1", "X-Empty-Ok": "a value, with: punctuation"}
+
+
+def reject_scenario(directory: Path, code: int, reason: str) -> Path:
+    """uas_reject.xml with its final response filled in (sipp reads the code at load time)."""
+    template = (SCENARIOS / "uas_reject.xml").read_text()
+    path = directory / f"uas_reject_{code}.xml"
+    path.write_text(template.replace("@CODE@", str(code)).replace("@REASON@", reason))
+    return path
+
+
+def start_call(worker: WorkerProcess, callee: str, headers: dict[str, str] | None = None) -> None:
+    worker.stub.StartCall(
+        sip_pb2.StartCallRequest(callee_id=callee, headers=headers or {}), timeout=10
+    )
+
+
+def test_call_connects_with_headers_on_the_invite(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    uas = sipp_factory("uas")
+    callee = f"service@{uas.address}"
+
+    start_call(session, callee, HEADERS)
+    connected = session.wait_for_status("outgoing_call_connected")
+
+    assert session.types()[-2:] == ["outgoing_call_initiated", "outgoing_call_connected"]
+    initiated = session.history()[-2]
+    assert initiated.callee_id == callee
+    assert dict(initiated.headers) == HEADERS
+    assert connected.callee_id == callee
+    invite = uas.received("INVITE")[0]
+    assert invite.startswith(f"INVITE sip:{callee} SIP/2.0")
+    for name, value in HEADERS.items():
+        assert f"\n{name}: {value}\n" in invite.replace("\r\n", "\n")
+    assert "m=audio" in invite
+    assert "PCMU/8000" in invite
+
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    session.wait_for_status("outgoing_call_finished")
+    assert uas.received("BYE")
+
+
+def test_sip_uri_callee_is_used_verbatim(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    uas = sipp_factory("uas")
+    callee = f"sip:+4912345@{uas.address};user=phone"
+
+    start_call(session, callee)
+    session.wait_for_status("outgoing_call_connected")
+
+    assert uas.received("INVITE")[0].startswith(f"INVITE {callee} SIP/2.0")
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    session.wait_for_status("outgoing_call_finished")
+
+
+def test_remote_bye_finishes_the_call(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    uas = sipp_factory("uas_bye.xml", args=["-d", "300", "-m", "1"])
+
+    start_call(session, f"service@{uas.address}")
+    finished = session.wait_for_status("outgoing_call_finished")
+
+    assert session.types()[-3:] == [
+        "outgoing_call_initiated",
+        "outgoing_call_connected",
+        "outgoing_call_finished",
+    ]
+    assert finished.callee_id == f"service@{uas.address}"
+    assert uas.wait(timeout=20) == 0
+    # The session stays ready for the next call.
+    uas_again = sipp_factory("uas")
+    start_call(session, f"service@{uas_again.address}")
+    session.wait_for_status("outgoing_call_connected", after=len(session.history()) - 1)
+
+
+@pytest.mark.parametrize(("code", "reason"), [(486, "Busy Here"), (404, "Not Found")])
+def test_refused_call_fails_with_the_sip_code(
+    session: WorkerProcess,
+    sipp_factory: Callable[..., Sipp],
+    tmp_path: Path,
+    code: int,
+    reason: str,
+) -> None:
+    uas = sipp_factory(str(reject_scenario(tmp_path, code, reason)), args=["-m", "1"])
+
+    start_call(session, f"service@{uas.address}")
+    failed = session.wait_for_status("outgoing_call_failed")
+
+    assert failed.description == f"{code} {reason}"
+    assert session.types()[-2:] == ["outgoing_call_initiated", "outgoing_call_failed"]
+    assert uas.wait(timeout=20) == 0
+
+
+def test_second_call_during_a_call_is_refused(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    uas = sipp_factory("uas")
+    start_call(session, f"service@{uas.address}")
+    session.wait_for_status("outgoing_call_connected")
+    before = session.history()
+
+    with pytest.raises(grpc.RpcError) as refused:
+        start_call(session, f"other@{uas.address}")
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert session.history() == before
+    assert len(uas.received("INVITE")) == 1
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    session.wait_for_status("outgoing_call_finished")
