@@ -33,6 +33,7 @@ def _post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Our own events say what matters; kopf's per-handler INFO chatter stays in the log only.
     settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "sip-operator"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -512,16 +512,28 @@ class EmulatorThread:
         return asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result(30)
 
     def every_version(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every version of every object ever stored, deleted ones included: (resource, body)."""
+        """Every version of every object ever stored, deleted ones included.
+
+        As (resource, body) with resources named like "v1/pods".
+        """
 
         async def collect() -> list[tuple[str, dict[str, Any]]]:
             assert self.emulator is not None
             return [
-                (str(resource), version.raw)
+                (f"{resource.group}/{resource.version}/{resource.plural}".lstrip("/"), version.raw)
                 for (resource, _, _), obj in list(self.emulator.objects.items())
                 for version in obj.history
                 if version is not None
             ]
+
+        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result(30)
+
+    def requests(self) -> list[tuple[str, str]]:
+        """Every request served so far, as (method, path)."""
+
+        async def collect() -> list[tuple[str, str]]:
+            assert self.emulator is not None
+            return [(str(r.method.value), r.url.path) for r in list(self.emulator._requests)]
 
         return asyncio.run_coroutine_threadsafe(collect(), self._loop).result(30)
 

@@ -1,0 +1,197 @@
+"""The operator's parts on their own: names, settings, phase rules, CLI, the status mirror."""
+
+import asyncio
+import re
+import subprocess
+import time
+
+import pytest
+
+from sip_operator import phase
+from sip_operator.phase import Observation, PodState, WorkerStatus
+from sip_operator.pod_builder import child_names, session_label
+from sip_operator.session_spec import parse_duration
+from sip_operator.settings import OperatorSettings, SettingsError, load_settings
+from sip_operator.status_mirror import StatusMirror
+from tests.support.operator_harness import OPERATOR_BIN, sip_status_entry, stream_key
+from tests.support.redis_server import RedisServer
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+@pytest.mark.parametrize(
+    "name", ["alice", "a" * 59, "a" * 60, "x" * 253, "team.alice", "0-starts-with-digit"]
+)
+def test_child_names_are_valid_deterministic_and_distinct(name: str) -> None:
+    names = child_names(name)
+    assert names == child_names(name)
+    assert DNS_1035.match(names.pod) and len(names.pod) <= 63
+    assert names.service == names.pod and names.token_secret == f"{names.pod}-token"
+    assert LABEL_VALUE.match(session_label(name)) and len(session_label(name)) <= 63
+    assert child_names(name + "b").pod != names.pod
+
+
+def test_settings_defaults_and_environment() -> None:
+    assert load_settings({}) == OperatorSettings()
+    settings = load_settings(
+        {
+            "SIP_OPERATOR_REDIS_URL": "redis://redis.sip:6379/2",
+            "SIP_OPERATOR_WORKER_IMAGE": "registry/sip-worker:1.2",
+            "SIP_OPERATOR_GRPC_PORT": "50100",
+            "SIP_OPERATOR_REDIS_PASSWORD_SECRET": "redis-auth",
+            "REDIS_PASSWORD": "pw",
+        }
+    )
+    assert settings.redis_url == "redis://redis.sip:6379/2"
+    assert settings.worker_image == "registry/sip-worker:1.2"
+    assert settings.grpc_port == 50100
+    assert settings.redis_password_secret is not None
+    assert settings.redis_password_secret.key == "password"
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SIP_OPERATOR_GRPC_PORT": "70000"}, "SIP_OPERATOR_GRPC_PORT"),
+        ({"SIP_OPERATOR_GRPC_PORT": "grpc"}, "must be a number"),
+        ({"SIP_OPERATOR_REDIS_URL": "http://x"}, "redis://"),
+        ({"SIP_OPERATOR_WORKER_IMAGE": " "}, "must not be empty"),
+        ({"SIP_OPERATOR_BACKOFF_BASE": "5", "SIP_OPERATOR_BACKOFF_MAX": "1"}, "BACKOFF_MAX"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_variable(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ)
+
+
+def test_a_redis_url_with_a_password_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"SIP_OPERATOR_REDIS_URL": "redis://:Secr3t@redis:6379/0"})
+    assert "REDIS_PASSWORD" in str(refused.value) and "Secr3t" not in str(refused.value)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    settings = OperatorSettings(backoff_base=1, backoff_max=10)
+    assert [settings.backoff(n) for n in range(6)] == [0, 1, 2, 4, 8, 10]
+
+
+def test_durations() -> None:
+    assert parse_duration("90s") == 90
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("7d") == 604800
+
+
+def _pod(phase_name: str | None = "Running", ready: bool = True) -> PodState:
+    return PodState("p", "u", "owner", phase_name, ready, False, "h", "")
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"),
+    [
+        (Observation(deleting=True, problem="x"), phase.TERMINATING),
+        (Observation(problem="Secret missing", pod=_pod()), phase.FAILED),
+        (Observation(), phase.PENDING),
+        (Observation(pod=_pod("Pending", False)), phase.PENDING),
+        (Observation(replacing=True, pod=_pod()), phase.PENDING),
+        (Observation(pod=_pod("Running", False)), phase.STARTING),
+        (Observation(pod=_pod(), worker=WorkerStatus("registered")), phase.STARTING),
+        (Observation(pod=_pod(), worker=WorkerStatus("ready")), phase.READY),
+        (Observation(pod=_pod(), worker=WorkerStatus("incoming_call_connected")), phase.IN_CALL),
+        (Observation(pod=_pod(), worker=WorkerStatus("outgoing_call_failed")), phase.READY),
+        (Observation(pod=_pod(), start_session=False), phase.READY),
+        (Observation(pod=_pod("Running", False), worker=WorkerStatus("ready")), phase.STARTING),
+    ],
+)
+def test_phase_rules(observation: Observation, expected: str) -> None:
+    assert phase.derive_phase(observation)[0] == expected
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    observation = Observation(pod=_pod(), worker=WorkerStatus("ready"))
+    common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
+    first = phase.build_status(observation, previous={}, now="T1", **common)
+    same = phase.build_status(observation, previous=first, now="T2", **common)
+    assert [c["lastTransitionTime"] for c in same["conditions"]] == ["T1", "T1"]
+    lost = phase.build_status(Observation(pod=_pod()), previous=same, now="T3", **common)
+    assert {c["type"]: c["lastTransitionTime"] for c in lost["conditions"]} == {
+        "Ready": "T3",
+        "Registered": "T3",
+    }
+
+
+def test_the_cli_demands_a_scope_and_valid_settings() -> None:
+    no_scope = subprocess.run([str(OPERATOR_BIN)], capture_output=True, text=True, timeout=60)
+    assert no_scope.returncode == 2 and "--all-namespaces" in no_scope.stderr
+    bad = subprocess.run(
+        [str(OPERATOR_BIN), "-A"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "SIP_OPERATOR_REDIS_URL": "redis://:hunter2@r/0"},
+    )
+    assert bad.returncode == 2
+    assert "SIP_OPERATOR_REDIS_URL" in bad.stderr and "hunter2" not in bad.stderr
+
+
+async def _follow_while_blocked(redis_server: RedisServer) -> float:
+    """Seconds from following a new stream (reader already blocked) to its newest entry."""
+    redis = redis_server.client()
+    redis.xadd(stream_key("ns", "late"), sip_status_entry("ready", 1))
+    seen: dict[tuple[str, str], str] = {}
+    mirror = StatusMirror(redis_server.url, None, block_seconds=30)
+    runner = asyncio.create_task(mirror.run(lambda key, status: seen.update({key: status.type})))
+    try:
+        mirror.follow(("ns", "early"))
+        while not any(c.get("cmd") == "xread" for c in redis.client_list()):
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        mirror.follow(("ns", "late"))
+        while ("ns", "late") not in seen:
+            await asyncio.sleep(0.02)
+        woke_after = time.monotonic() - started
+        redis.xadd(stream_key("ns", "early"), sip_status_entry("registered", 1))
+        while seen.get(("ns", "early")) != "registered":
+            await asyncio.sleep(0.02)
+        return woke_after
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await mirror.close()
+
+
+def test_a_new_stream_is_followed_without_waiting_for_the_blocked_read(
+    redis_server: RedisServer,
+) -> None:
+    woke_after = asyncio.run(asyncio.wait_for(_follow_while_blocked(redis_server), 60))
+    assert woke_after < 15  # the blocked XREAD (30 s) was interrupted, not waited out
+
+
+async def _mirror_through_outage(redis_server: RedisServer) -> list[str]:
+    seen: list[str] = []
+    mirror = StatusMirror(redis_server.url, None, block_seconds=1, retry_seconds=0.2)
+    runner = asyncio.create_task(mirror.run(lambda key, status: seen.append(status.type)))
+    try:
+        mirror.follow(("ns", "s"))
+        redis_server.client().xadd(stream_key("ns", "s"), sip_status_entry("registered", 1))
+        while "registered" not in seen:
+            await asyncio.sleep(0.02)
+        redis_server.stop()
+        await asyncio.sleep(1.5)
+        redis_server.start()
+        redis_server.client().xadd(stream_key("ns", "s"), sip_status_entry("ready", 2))
+        while "ready" not in seen:
+            await asyncio.sleep(0.05)
+        return seen
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await mirror.close()
+
+
+def test_the_mirror_rides_out_a_redis_outage(redis_server: RedisServer) -> None:
+    seen = asyncio.run(asyncio.wait_for(_mirror_through_outage(redis_server), 60))
+    assert seen[0] == "registered" and seen[-1] == "ready"
