@@ -1,0 +1,220 @@
+"""The chart renders with a real Helm (the Go SDK), lints clean, and every object validates offline
+against the Kubernetes 1.32 schemas; the value sets change what they should."""
+
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.rendering import (
+    CHART,
+    EXTERNAL_ALL_NAMESPACES,
+    KUBERNETES_VERSION,
+    NAMESPACE,
+    PEERING_ALL_NAMESPACES,
+    PEERING_NAMESPACED,
+    VALUE_SETS,
+    Manifest,
+    chart_crds,
+    of_kind,
+    one_of_kind,
+    render,
+)
+
+
+def _operator_container(manifests: list[Manifest]) -> dict[str, Any]:
+    deployment = one_of_kind(manifests, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["operator"]
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD the chart ships."""
+    schemas = {}
+    for crd_file in chart_crds():
+        for crd in yaml.safe_load_all(crd_file["data"]):
+            for version in crd["spec"]["versions"]:
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
+    report = helm_python.lint(CHART, values, namespace=NAMESPACE, kube_version="v1.32.0")
+    assert report["errors"] == []
+    # Severity 2 is a warning, 3 an error; 1 (info) is only the "icon is recommended" hint.
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_helm_lint_catches_a_broken_template(tmp_path: Any) -> None:
+    """The lint above is a real one: the same chart with one broken template fails it."""
+    with helm_python.Chart.load(CHART) as chart:
+        copy = chart.save_dir(tmp_path)
+    broken = tmp_path / copy / "templates" / "broken.yaml"
+    broken.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.x.y.z }\n")
+    report = helm_python.lint(tmp_path / copy)
+    assert report["errors"] or [m for m in report["messages"] if m["severity"] == 3]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_manifest_validates_against_the_kubernetes_schemas(values: dict[str, Any]) -> None:
+    manifests = render(values)
+    custom = _crd_schemas()
+    assert manifests
+    for manifest in manifests:
+        key = (manifest["apiVersion"], manifest["kind"])
+        if key in custom:
+            jsonschema.validate(manifest, custom[key])
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_crds_validate_against_the_kubernetes_schemas() -> None:
+    crds = [crd for f in chart_crds() for crd in yaml.safe_load_all(f["data"])]
+    assert {crd["metadata"]["name"] for crd in crds} == {
+        "sipsessions.sip-operator.dev",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+    }
+    for crd in crds:
+        kubernetes_validate.validate(crd, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validation_rejects_a_wrong_manifest() -> None:
+    """The offline validation is not a formality: a typo in a rendered field is caught."""
+    deployment = one_of_kind(render({}), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_default_values_render_a_namespaced_operator_with_its_own_redis() -> None:
+    manifests = render({})
+    kinds = sorted(m["kind"] for m in manifests)
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "StatefulSet",
+        ]
+    )
+    assert all(m["metadata"]["namespace"] == NAMESPACE for m in manifests)
+    container = _operator_container(manifests)
+    assert container["args"][:2] == [f"--namespace={NAMESPACE}", "--standalone"]
+    env = _env(container)
+    assert (
+        env["SIP_OPERATOR_REDIS_URL"] == f"redis://demo-sip-operator-redis.{NAMESPACE}.svc:6379/0"
+    )
+    redis_secret = {"secretKeyRef": {"name": "demo-sip-operator-redis", "key": "password"}}
+    assert env["REDIS_PASSWORD"] == redis_secret
+    assert env["SIP_OPERATOR_REDIS_PASSWORD_SECRET"] == "demo-sip-operator-redis"
+    assert env["SIP_OPERATOR_WORKER_IMAGE"] == "sip-worker:0.1.0"
+    assert env["SIP_OPERATOR_GRPC_PORT"] == "50099"
+    assert one_of_kind(manifests, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_external_redis_all_namespaces_and_no_network_policy() -> None:
+    manifests = render(EXTERNAL_ALL_NAMESPACES)
+    kinds = {m["kind"] for m in manifests}
+    assert kinds == {"ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"}
+    container = _operator_container(manifests)
+    assert "--all-namespaces" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--namespace")]
+    env = _env(container)
+    assert env["SIP_OPERATOR_REDIS_URL"] == "redis://redis.shared.svc:6379/2"
+    assert env["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "shared-redis", "key": "redis-password"}
+    }
+    assert env["SIP_OPERATOR_REDIS_PASSWORD_SECRET"] == "shared-redis"
+    assert env["SIP_OPERATOR_REDIS_PASSWORD_SECRET_KEY"] == "redis-password"
+
+
+def test_external_redis_without_a_password_sets_no_password_variables() -> None:
+    manifests = render({"redis": {"external": {"url": "redis://redis.shared.svc:6379/0"}}})
+    env = _env(_operator_container(manifests))
+    assert "REDIS_PASSWORD" not in env
+    assert "SIP_OPERATOR_REDIS_PASSWORD_SECRET" not in env
+    assert not of_kind(manifests, "StatefulSet")
+
+
+def test_more_than_one_replica_turns_kopf_peering_on_in_each_namespace() -> None:
+    manifests = render(PEERING_NAMESPACED)
+    container = _operator_container(manifests)
+    assert "--standalone" not in container["args"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    peerings = of_kind(manifests, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in of_kind(manifests, "Role")) == [
+        "team-a",
+        "team-b",
+    ]
+    assert one_of_kind(manifests, "Deployment")["spec"]["replicas"] == 2
+
+
+def test_peering_across_the_cluster_uses_a_cluster_peering_object() -> None:
+    manifests = render(PEERING_ALL_NAMESPACES)
+    assert "--standalone" not in _operator_container(manifests)["args"]
+    assert len(of_kind(manifests, "ClusterKopfPeering")) == 1
+    assert not of_kind(manifests, "KopfPeering")
+
+
+def test_the_peering_object_has_the_name_the_operator_peers_under() -> None:
+    """The operator passes no peering name to kopf, so kopf looks for its default one."""
+    import kopf
+
+    peering = one_of_kind(render(PEERING_ALL_NAMESPACES), "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == kopf.OperatorSettings().peering.name
+
+
+def test_watched_namespaces_get_the_worker_network_policy_and_redis_secret() -> None:
+    manifests = render({"watch": {"namespaces": ["team-a", "team-b"]}})
+    worker_policies = [
+        p
+        for p in of_kind(manifests, "NetworkPolicy")
+        if p["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "sip-worker"}}
+    ]
+    assert sorted(p["metadata"]["namespace"] for p in worker_policies) == ["team-a", "team-b"]
+    secrets = of_kind(manifests, "Secret")
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == [NAMESPACE, "team-a", "team-b"]
+    passwords = {s["data"]["password"] for s in secrets}
+    assert len(passwords) == 1, "every namespace must get the one Redis password"
+
+
+def test_all_namespaces_prepares_the_listed_session_namespaces() -> None:
+    manifests = render({"watch": {"allNamespaces": True, "sessionNamespaces": ["calls"]}})
+    # The worker policy goes to the listed namespace; Redis's own stays with Redis.
+    assert sorted(p["metadata"]["namespace"] for p in of_kind(manifests, "NetworkPolicy")) == [
+        "calls",
+        NAMESPACE,
+    ]
+    assert sorted(s["metadata"]["namespace"] for s in of_kind(manifests, "Secret")) == [
+        "calls",
+        NAMESPACE,
+    ]
+
+
+def test_an_rtp_range_ending_before_it_starts_is_refused() -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="rtpPortEnd"):
+        render({"worker": {"rtpPortStart": 5000, "rtpPortEnd": 4000}})
