@@ -70,6 +70,8 @@ def test_entries_are_written_in_order_with_type_and_seq(
         b"outgoing_call_finished",
     ]
     assert [e[b"seq"] for e in entries] == [b"1", b"2", b"3", b"4", b"5"]
+    ids = [entry_id for entry_id, _fields in redis_server.client().xrange(KEY)]
+    assert ids == [b"1-0", b"2-0", b"3-0", b"4-0", b"5-0"]
     assert history.entries() == appended
     assert history.last() == appended[-1]
     assert history.buffer_depth == 0
@@ -186,37 +188,66 @@ def test_a_longer_outage_than_max_len_keeps_the_newest_like_trimming_would(
     assert "the 6 oldest gave way to the 4-entry limit" in caplog.text
 
 
-def test_a_write_whose_reply_was_lost_is_not_written_twice(
-    redis_server: RedisServer, histories: list[RedisHistory]
-) -> None:
+@pytest.fixture()
+def proxy(redis_server: RedisServer) -> Iterator[ReplyLosingProxy]:
     proxy = ReplyLosingProxy(redis_server.port)
-    try:
-        history = open_history(f"redis://127.0.0.1:{proxy.port}/0", "ns/session-1", 100, environ={})
-        histories.append(history)
-        history.append(status(0))
-        assert history.wait_durable(WAIT)  # the script is loaded; the next call runs it
+    yield proxy
+    proxy.close()
 
-        proxy.lose_reply_to(b"EVALSHA")
-        history.append(status(1))
-        assert proxy.reply_lost.wait(WAIT)
-        history.append(status(2))
-        assert history.wait_durable(WAIT)
-    finally:
-        proxy.close()
+
+def open_through(proxy: ReplyLosingProxy, histories: list[RedisHistory]) -> RedisHistory:
+    history = open_history(f"redis://127.0.0.1:{proxy.port}/0", "ns/session-1", 100, environ={})
+    histories.append(history)
+    return history
+
+
+def test_a_single_write_whose_reply_was_lost_is_not_written_twice(
+    redis_server: RedisServer, histories: list[RedisHistory], proxy: ReplyLosingProxy
+) -> None:
+    history = open_through(proxy, histories)
+    history.append(status(0))
+    assert history.wait_durable(WAIT)
+
+    proxy.lose_reply_to(b"XADD")
+    history.append(status(1))
+    assert proxy.reply_lost.wait(WAIT)
+    history.append(status(2))
+    assert history.wait_durable(WAIT)
 
     assert stored_statuses(redis_server) == [status(0), status(1), status(2)]
     assert [e[b"seq"] for e in stream(redis_server)] == [b"1", b"2", b"3"]
 
 
+def test_a_batch_whose_reply_was_lost_is_not_written_twice(
+    redis_server: RedisServer, histories: list[RedisHistory], proxy: ReplyLosingProxy
+) -> None:
+    history = open_through(proxy, histories)
+    proxy.hold()
+    history.append(status(0))  # the writer sends it and waits in the proxy...
+    for number in range(1, 6):
+        history.append(status(number))  # ...while these queue up into one batch
+    proxy.lose_reply_to(b"EVALSHA")
+    proxy.release()
+    assert proxy.reply_lost.wait(WAIT)
+    assert history.wait_durable(WAIT)
+
+    assert stored_statuses(redis_server) == [status(n) for n in range(6)]
+    assert [e[b"seq"] for e in stream(redis_server)] == [str(n).encode() for n in range(1, 7)]
+
+
+@pytest.mark.parametrize("one_at_a_time", [True, False], ids=["single-writes", "batches"])
 def test_two_writers_of_one_session_interleave_without_loss_or_duplicates(
-    redis_server: RedisServer, histories: list[RedisHistory]
+    redis_server: RedisServer, histories: list[RedisHistory], one_at_a_time: bool
 ) -> None:
     old = open_on(redis_server, histories)
     old.append(status(0))
     assert old.wait_durable(WAIT)
     new = open_on(redis_server, histories)
     for number in range(1, 41):
-        (old if number % 3 else new).append(status(number))
+        writer = old if number % 3 else new
+        writer.append(status(number))
+        if one_at_a_time:
+            assert writer.wait_durable(WAIT)
     assert old.wait_durable(WAIT)
     assert new.wait_durable(WAIT)
 
@@ -224,6 +255,8 @@ def test_two_writers_of_one_session_interleave_without_loss_or_duplicates(
     assert sorted(stored, key=lambda s: s.timestamp.ToNanoseconds()) == [
         status(n) for n in range(41)
     ]
+    if one_at_a_time:
+        assert stored == [status(n) for n in range(41)]
     assert [e[b"seq"] for e in stream(redis_server)] == [str(n).encode() for n in range(1, 42)]
     from_new = [s for s in stored if s in new.entries()[1:]]
     assert from_new == [status(n) for n in range(1, 41) if n % 3 == 0]

@@ -1,5 +1,5 @@
-"""A TCP proxy that can lose one reply: the server executes the request, the client never
-hears back (as when the network breaks in the middle of a write)."""
+"""A TCP proxy that can hold requests back, and lose one reply: the server executes the
+request, the client never hears back (as when the network breaks in the middle of a write)."""
 
 import contextlib
 import socket
@@ -13,12 +13,15 @@ class ReplyLosingProxy:
 
     After `lose_reply_to(marker)`, the first request containing `marker` is forwarded, and
     the connection is cut as soon as the server answers, without passing the answer on.
+    Between `hold()` and `release()` requests wait in the proxy.
     """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.reply_lost = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._marker: bytes | None = None
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -31,7 +34,14 @@ class ReplyLosingProxy:
             self._marker = marker
             self.reply_lost.clear()
 
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
+        self._flowing.set()
         with self._lock:
             self._closed = True
             sockets = list(self._sockets)
@@ -44,7 +54,11 @@ class ReplyLosingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down: so is the connection through us
+                _close(client)
+                continue
             with self._lock:
                 if self._closed:
                     _close(client)
@@ -63,6 +77,7 @@ class ReplyLosingProxy:
         self, client: socket.socket, upstream: socket.socket, cut: threading.Event
     ) -> None:
         while data := _receive(client):
+            self._flowing.wait()
             with self._lock:
                 if self._marker is not None and self._marker in data:
                     self._marker = None

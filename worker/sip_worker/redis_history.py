@@ -1,22 +1,27 @@
 """The status history of one session, kept durably in a Redis stream.
 
 One stream per session, key `sip:{<session-key>}:history` (the braces are a Redis Cluster
-hash tag). Each entry has the fields
+hash tag). Entry ids are `<seq>-0`, and each entry has the fields
     type        the status type's name (`outgoing_call_connected`), for `redis-cli XRANGE`
     seq         the per-session sequence number: 1, 2, 3, ... across restarts
     status      the serialized SipStatus
     writer      a random id of the process that wrote it
-    writer_seq  that process's own count of its statuses, which makes writes idempotent
+    writer_seq  that process's own count of its statuses
 Readers must ignore fields they do not know; future versions may add some.
 
 `append` never touches the network: it records the status in memory (where every read is
 answered from) and queues it for one writer thread, so the phone's pj thread never waits for
-Redis. The writer sends queued statuses in batches through one Lua script that, atomically,
-skips what this process already wrote (found by `writer`/`writer_seq`), numbers the rest after
-the stream's newest `seq` and adds them with exact trimming to the configured length. So a
-batch whose reply was lost (connection dropped mid-write) is re-sent without duplicating, and
-two processes briefly writing the same session (an old pod shutting down while its
-replacement starts) interleave without losing or renumbering anything.
+Redis. Writes are idempotent and ordered:
+- One queued status is written by a plain XADD with the explicit id `<seq>-0`, seq following
+  the newest entry this process knows of. Redis refuses an id not above the stream's newest,
+  so the XADD can neither duplicate an entry (a resend after a lost reply) nor overtake
+  another process's entry: either refusal falls through to
+- the append script (Lua, atomic), used for batches too: it reads back to this process's
+  newest entry (found by `writer`/`writer_seq`), skips what is already there, and numbers the
+  rest after the stream's newest entry. So a batch whose reply was lost is re-sent without
+  duplicating, and two processes briefly writing one session (an old pod shutting down while
+  its replacement starts) interleave without losing anything.
+Every write trims the stream to exactly `max_len` entries.
 
 While Redis is unreachable, statuses wait in that queue, in order; the writer retries with
 backoff and logs the outage once and its end once. The queue holds at most `max_len`
@@ -25,14 +30,14 @@ statuses: more could not all survive the stream's trimming anyway, so the oldest
 
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from itertools import islice
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 from google.protobuf.message import DecodeError
@@ -59,59 +64,62 @@ _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 
 # KEYS[1]: the stream. ARGV: max_len; writer; floor_seq (the newest seq when this writer loaded
-# the stream: nothing of its own is older); the id, seq and writer_seq of this writer's newest
-# confirmed entry ('' 0 0 before the first); then writer_seq, type, status per entry.
-# Returns {id, seq, writer_seq} of the newest entry of this writer now in the stream.
+# the stream: nothing of its own is older); then writer_seq, type, status per entry.
+# Returns {seq, writer_seq} of the newest entry: the stream's, and this writer's.
 _APPEND_SCRIPT = """
 local key = KEYS[1]
 local writer = ARGV[2]
 local floor_seq = tonumber(ARGV[3])
 local page = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-local last_id, seq, written = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-if #page == 0 or page[1][1] ~= last_id then
-  -- Not the common case (this writer's own entry on top): another process wrote since, or
-  -- a lost reply left it unknown what this writer wrote. Read back to this writer's newest
-  -- entry, or to where it loaded the stream.
-  local newest_seq = nil
-  written = 0
-  local done = false
-  while #page > 0 and not done do
-    for _, entry in ipairs(page) do
-      local fields = entry[2]
-      local entry_seq, entry_writer, entry_writer_seq = nil, nil, nil
-      for i = 1, #fields, 2 do
-        local name = fields[i]
-        if name == 'seq' then entry_seq = tonumber(fields[i + 1])
-        elseif name == 'writer' then entry_writer = fields[i + 1]
-        elseif name == 'writer_seq' then entry_writer_seq = tonumber(fields[i + 1])
-        end
+local top_ms = 0
+if #page > 0 then top_ms = tonumber(string.match(page[1][1], '^(%d+)')) end
+local newest_seq, written, done = nil, 0, false
+while #page > 0 and not done do
+  for _, entry in ipairs(page) do
+    local fields = entry[2]
+    local entry_seq, entry_writer, entry_writer_seq = nil, nil, nil
+    for i = 1, #fields, 2 do
+      local name = fields[i]
+      if name == 'seq' then entry_seq = tonumber(fields[i + 1])
+      elseif name == 'writer' then entry_writer = fields[i + 1]
+      elseif name == 'writer_seq' then entry_writer_seq = tonumber(fields[i + 1])
       end
-      if newest_seq == nil then newest_seq = entry_seq end
-      if entry_writer == writer then
-        written = entry_writer_seq
-        last_id = entry[1]
-        done = true
-      elseif entry_seq ~= nil and entry_seq <= floor_seq then
-        done = true
-      end
-      if done then break end
     end
-    if not done then
-      page = redis.call('XREVRANGE', key, '(' .. page[#page][1], '-', 'COUNT', 100)
+    if newest_seq == nil then newest_seq = entry_seq end
+    if entry_writer == writer then
+      written = entry_writer_seq
+      done = true
+    elseif entry_seq ~= nil and entry_seq <= floor_seq then
+      done = true
     end
+    if done then break end
   end
-  seq = newest_seq or 0
+  if not done then
+    page = redis.call('XREVRANGE', key, '(' .. page[#page][1], '-', 'COUNT', 100)
+  end
 end
-for i = 7, #ARGV, 3 do
+local seq = newest_seq or 0
+for i = 4, #ARGV, 3 do
   if tonumber(ARGV[i]) > written then
     seq = seq + 1
     written = tonumber(ARGV[i])
-    last_id = redis.call('XADD', key, 'MAXLEN', ARGV[1], '*', 'type', ARGV[i + 1], 'seq', seq,
-      'status', ARGV[i + 2], 'writer', writer, 'writer_seq', ARGV[i])
+    -- The id <seq>-0, unless an entry written otherwise already has a larger one.
+    local id = '*'
+    if seq > top_ms then
+      id = seq .. '-0'
+      top_ms = seq
+    end
+    local added = redis.call('XADD', key, 'MAXLEN', ARGV[1], id, 'type', ARGV[i + 1],
+      'seq', seq, 'status', ARGV[i + 2], 'writer', writer, 'writer_seq', ARGV[i])
+    top_ms = tonumber(string.match(added, '^(%d+)'))
   end
 end
-return {last_id, seq, written}
+return {seq, written}
 """
+
+
+# How Redis (and Valkey) refuse an XADD id that is not above the stream's newest.
+_ID_NOT_ABOVE_TOP = "The ID specified in XADD is equal or smaller"
 
 
 class HistoryConfigError(Exception):
@@ -122,8 +130,7 @@ def stream_key(session_key: str) -> str:
     return f"sip:{{{session_key}}}:history"
 
 
-@dataclass(frozen=True)
-class _Queued:
+class _Queued(NamedTuple):
     writer_seq: int
     type_name: str
     payload: bytes
@@ -153,22 +160,21 @@ class RedisHistory:
         self._key = key
         self._max_len = max_len
         self._floor_seq = newest_seq
-        # This writer's newest entry in the stream, as the last write reported it; lets the
-        # append script skip reading entries back in the common case.
-        self._newest_id: bytes = b""
-        self._newest_seq = 0
-        self._newest_writer_seq = 0
+        self._seq = newest_seq  # the newest seq in the stream as far as this writer knows
         self._writer = secrets.token_hex(8)
         self._script = client.register_script(_APPEND_SCRIPT)
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # the writer waits here for statuses
         self._written = threading.Condition(self._lock)  # wait_durable waits here
         self._entries: deque[SipStatus] = deque(loaded, maxlen=max_len)
-        self._queue: deque[_Queued] = deque(maxlen=max_len)
         self._appended = 0  # writer_seq of the newest status appended
         self._durable = 0  # writer_seq up to which everything is in Redis (or gave way)
+        # append() hands statuses to the writer through `_inbox` (a C queue: the cheapest
+        # wake-up Python has); the writer keeps the unwritten ones, in order, in `_pending`.
+        # None in the inbox asks the writer to finish.
+        self._inbox: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._pending: deque[_Queued] = deque()
         self._dropped = 0
-        self._closing = False
+        self._closed = False
         self._close_deadline = 0.0
         self._outage_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="redis-history-writer", daemon=True)
@@ -181,8 +187,7 @@ class RedisHistory:
     @property
     def buffer_depth(self) -> int:
         """Statuses appended but not yet confirmed written to Redis (a metrics gauge)."""
-        with self._lock:
-            return len(self._queue)
+        return min(self._max_len, len(self._pending) + self._inbox.qsize())
 
     def append(self, status: SipStatus) -> None:
         payload = status.SerializeToString()
@@ -190,10 +195,7 @@ class RedisHistory:
         with self._lock:
             self._appended += 1
             self._entries.append(status)
-            if len(self._queue) == self._max_len:
-                self._dropped += 1
-            self._queue.append(_Queued(self._appended, type_name, payload))
-            self._work.notify()
+            self._inbox.put(_Queued(self._appended, type_name, payload))
 
     def last(self) -> SipStatus | None:
         with self._lock:
@@ -212,14 +214,13 @@ class RedisHistory:
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Writes what is queued (trying for at most `timeout` seconds), then disconnects."""
         with self._lock:
-            if self._closing:
+            if self._closed:
                 return
-            self._closing = True
+            self._closed = True
             self._close_deadline = time.monotonic() + timeout
-            self._work.notify()
+            self._inbox.put(None)
         self._thread.join(timeout)
-        with self._lock:
-            unwritten = len(self._queue)
+        unwritten = self.buffer_depth
         if unwritten:
             log.error(
                 "%d statuses of %s could not be written to Redis at %s before shutdown",
@@ -231,57 +232,94 @@ class RedisHistory:
 
     def _run(self) -> None:
         backoff = _FIRST_BACKOFF
+        retry_at = 0.0  # after a failed write, when to try again
+        closing = False
         while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._work.wait()
-                if not self._queue:
+            if not self._pending:
+                if closing:
                     return
-                batch = list(islice(self._queue, _BATCH_LIMIT))
+                closing = self._take(self._inbox.get())
+                continue
+            if time.monotonic() < retry_at:  # backing off after a failed write
+                wait = retry_at - time.monotonic()
+                if closing:
+                    wait = min(wait, self._close_deadline - time.monotonic())
+                if wait > 0:
+                    # Keep taking statuses while waiting, so that `_pending` stays bounded.
+                    try:
+                        queued = self._inbox.get(timeout=wait)
+                    except queue.Empty:
+                        pass
+                    else:
+                        closing = self._take(queued) or closing
+                        continue
+                if closing and time.monotonic() >= self._close_deadline:
+                    return
+            while not self._inbox.empty():
+                closing = self._take(self._inbox.get_nowait()) or closing
+            batch = list(islice(self._pending, _BATCH_LIMIT))
             try:
                 written = self._write(batch)
             # Whatever fails, the thread must live on: a dead writer would silently lose
             # every later status. Each failure is an outage to wait out.
             except Exception as error:
                 self._note_outage(error)
-                with self._lock:
-                    if self._closing:
-                        remaining = self._close_deadline - time.monotonic()
-                        if remaining <= 0:
-                            return
-                        self._work.wait(min(backoff, remaining))
-                    else:
-                        self._work.wait(backoff)
+                retry_at = time.monotonic() + backoff
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            backoff = _FIRST_BACKOFF
+            retry_at, backoff = 0.0, _FIRST_BACKOFF
+            while self._pending and self._pending[0].writer_seq <= written:
+                self._pending.popleft()
             self._note_written(written)
+
+    def _take(self, queued: _Queued | None) -> bool:
+        """Moves one status from the inbox to `_pending`; True for the request to finish."""
+        if queued is None:
+            return True
+        self._pending.append(queued)
+        if len(self._pending) > self._max_len:
+            self._pending.popleft()
+            self._dropped += 1
+        return False
 
     def _write(self, batch: list[_Queued]) -> int:
         """Writes `batch` (idempotently); returns the writer_seq now known to be in Redis."""
-        args: list[Any] = [
-            self._max_len,
-            self._writer,
-            self._floor_seq,
-            self._newest_id,
-            self._newest_seq,
-            self._newest_writer_seq,
-        ]
+        if len(batch) == 1:
+            queued = batch[0]
+            seq = self._seq + 1
+            try:
+                self._client.xadd(
+                    self._key,
+                    {
+                        "type": queued.type_name,
+                        "seq": seq,
+                        "status": queued.payload,
+                        "writer": self._writer,
+                        "writer_seq": queued.writer_seq,
+                    },
+                    id=f"{seq}-0",
+                    maxlen=self._max_len,
+                    approximate=False,
+                )
+            except redis.ResponseError as error:
+                if not str(error).startswith(_ID_NOT_ABOVE_TOP):
+                    raise
+            else:
+                self._seq = seq
+                return queued.writer_seq
+        args: list[Any] = [self._max_len, self._writer, self._floor_seq]
         for queued in batch:
             args += (queued.writer_seq, queued.type_name, queued.payload)
-        newest_id, newest_seq, newest_writer_seq = self._script(keys=[self._key], args=args)
-        self._newest_id, self._newest_seq = newest_id, int(newest_seq)
-        self._newest_writer_seq = int(newest_writer_seq)
-        return self._newest_writer_seq
+        seq, written = self._script(keys=[self._key], args=args)
+        self._seq = int(seq)
+        return int(written)
 
     def _note_written(self, writer_seq: int) -> None:
         with self._lock:
-            while self._queue and self._queue[0].writer_seq <= writer_seq:
-                self._queue.popleft()
             self._durable = max(self._durable, writer_seq)
             self._written.notify_all()
-            outage_since, self._outage_since = self._outage_since, None
-            dropped, self._dropped = self._dropped, 0
+        outage_since, self._outage_since = self._outage_since, None
+        dropped, self._dropped = self._dropped, 0
         if outage_since is not None:
             log.warning(
                 "Redis at %s is reachable again after %.1f s; the statuses buffered for %s "
@@ -296,10 +334,9 @@ class RedisHistory:
 
     def _note_outage(self, error: Exception) -> None:
         reason = self._target.scrub(f"{type(error).__name__}: {error}")
-        with self._lock:
-            first = self._outage_since is None
-            if first:
-                self._outage_since = time.monotonic()
+        first = self._outage_since is None
+        if first:
+            self._outage_since = time.monotonic()
         if first:
             log.warning(
                 "Redis at %s is unavailable (%s); statuses of %s are kept in memory, in order, "
@@ -338,6 +375,7 @@ def open_history(
     key = stream_key(session_key)
     try:
         loaded, newest_seq = _load(client, target, key)
+        _load_script(client, target)
     except BaseException:
         client.close()
         raise
@@ -405,6 +443,9 @@ def _load(client: RedisClient, target: RedisTarget, key: str) -> tuple[list[SipS
                 f"reading {key} from Redis at {target.display} failed: {target.scrub(str(error))}"
             ) from None
         for _entry_id, fields in page:
+            seq = fields.get(b"seq", b"")
+            if seq.isdigit():
+                newest_seq = int(seq)
             payload = fields.get(b"status")
             try:
                 if payload is None:
@@ -412,16 +453,24 @@ def _load(client: RedisClient, target: RedisTarget, key: str) -> tuple[list[SipS
                 statuses.append(SipStatus.FromString(payload))
             except DecodeError:
                 skipped += 1
-                continue
-            seq = fields.get(b"seq", b"")
-            if seq.isdigit():
-                newest_seq = int(seq)
         if len(page) < _LOAD_PAGE:
             break
         start = "(" + page[-1][0].decode()
     if skipped:
         log.warning("%s: %d entries without a readable status were skipped", key, skipped)
     return statuses, newest_seq
+
+
+def _load_script(client: RedisClient, target: RedisTarget) -> None:
+    """Loads the append script now: a server that refuses scripts is a configuration error,
+    and the first write after an outage should not need the extra round trip."""
+    try:
+        client.script_load(_APPEND_SCRIPT)
+    except redis.RedisError as error:
+        raise HistoryConfigError(
+            f"Redis at {target.display} refused the history's Lua script "
+            f"({target.scrub(str(error))}): the history needs EVALSHA and SCRIPT LOAD"
+        ) from None
 
 
 def _load_problem(target: RedisTarget, key: str, message: str) -> str:
