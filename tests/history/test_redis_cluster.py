@@ -1,5 +1,6 @@
 """The history through a local three-master Redis Cluster."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 from ondewo.sip.sip_pb2 import SipStatus
 from sip_worker.redis_history import HistoryConfigError, open_history, stream_key
 from tests.support.redis_cluster import RedisClusterOfThree
+from tests.support.sipp import Sipp
+from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, start_session, start_worker
 
 pytestmark = pytest.mark.slow
 WAIT = 30.0
@@ -64,3 +67,35 @@ def test_a_cluster_node_without_cluster_true_is_refused_with_the_fix(
     other = next(node for node in redis_cluster.nodes if node is not owner)
     with pytest.raises(HistoryConfigError, match=r"add \?cluster=true to the URL"):
         open_history(f"redis://127.0.0.1:{other.port}/0", "elsewhere/session", environ={})
+
+
+def test_a_worker_writes_and_reloads_its_history_through_the_cluster(
+    redis_cluster: RedisClusterOfThree, tmp_path: Path
+) -> None:
+    session = "cluster/worker-session"
+    registrar = Sipp(
+        "registrar_auth.xml",
+        tmp_path / "sipp",
+        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
+        args=["-m", "1"],
+    )
+    workers = []
+    try:
+        registrar.start()
+        workers.append(start_worker(redis_cluster.url, tmp_path / "w1", ["--session-key", session]))
+        start_session(workers[0], registrar, auto_answer_interval=1)
+        history = workers[0].history()
+        assert workers[0].types() == ["registered", "ready"]
+        node = redis_cluster.node_serving(stream_key(session))
+        deadline = time.monotonic() + WAIT
+        while node.client().xlen(stream_key(session)) < len(history):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        workers[0].process.kill()
+        workers.append(start_worker(redis_cluster.url, tmp_path / "w2", ["--session-key", session]))
+        assert workers[1].history() == history
+    finally:
+        for worker in workers:
+            worker.stop()
+        registrar.stop()
