@@ -10,11 +10,13 @@ truncated or malformed files) is refused with InvalidArgument, before anything p
 
 import struct
 from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from sip_worker.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
@@ -78,8 +80,12 @@ def _format(fmt: bytes, what: str) -> WavFormat:
     return WavFormat(format_tag, channels, sample_rate, block_align, bits)
 
 
-def _samples(frames: bytes, fmt: WavFormat) -> npt.NDArray[np.float64]:
+def _samples(frames: bytes, fmt: WavFormat) -> "npt.NDArray[np.float64]":
     """Samples scaled to [-1, 1], shaped (frames, channels)."""
+    # numpy is loaded on the first conversion, not at start-up, where it would cost the idle
+    # worker about 12 MB of RSS and up to 250 ms before SERVING (bench/bench_worker.py).
+    import numpy as np
+
     width = fmt.bits_per_sample // 8
     if fmt.format_tag == WAVE_FORMAT_IEEE_FLOAT:
         floats = np.frombuffer(frames, dtype="<f4" if width == 4 else "<f8").astype(np.float64)
@@ -137,6 +143,8 @@ def playable_wav(data: bytes, what: str) -> bytes:
         raise InvalidArgument(f"{what} holds no audio")
     if len(frames) % fmt.block_align:
         raise InvalidArgument(f"{what} is truncated: its data ends inside a sample frame")
+    import numpy as np
+
     mono = _samples(frames, fmt).mean(axis=1)
     pcm = np.clip(np.round(mono * 32767.0), -32768, 32767).astype("<i2")
     return wav_bytes(pcm.tobytes(), fmt.sample_rate)
