@@ -78,7 +78,9 @@ def test_redaction_covers_every_place_a_password_can_be() -> None:
     assert (
         redact_url(f"unix:///run/r.sock?password={PASSWORD}") == "unix:///run/r.sock?password=***"
     )
+    assert redact_url("redis://:p@ss@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    assert PASSWORD not in repr(parse_redis_url(f"redis://:{PASSWORD}@h:1/0", {}))
 
 
 def test_url_forms_give_the_right_connection_settings() -> None:

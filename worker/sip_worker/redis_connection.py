@@ -35,7 +35,8 @@ _PARAMETERS = ("db", "cluster", *_TLS_PARAMETERS)
 _CERT_REQS = ("required", "optional", "none")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-_USERINFO_PASSWORD = re.compile(r"(//[^/?#@]*?:)[^/?#@]*@")
+# Greedy to the last "@" of the authority, as URL parsing splits it there.
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#@]*?:)[^/?#]*@")
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&#]*")
 
 RedisClient = redis.Redis | RedisCluster
@@ -57,7 +58,7 @@ class RedisTarget:
 
     display: str  # the URL, redacted
     cluster: bool
-    options: dict[str, Any]  # keyword arguments of redis.Redis / RedisCluster
+    options: dict[str, Any] = field(repr=False)  # keyword arguments of redis.Redis/RedisCluster
     password: str | None = field(default=None, repr=False)
 
     def scrub(self, text: str) -> str:
