@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = Path(__file__).parent / "manifests"
 CLUSTER = os.environ.get("KIND_CLUSTER", "sip-operator")
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "dev")  # the tag `make deploy` builds and loads
 NAMESPACE = "sip-e2e"  # also in manifests/sipsession.yaml (the registrar's host name)
 RELEASE = "sip-operator"
 TOOLS = ("docker", "kind", "kubectl", "helm")

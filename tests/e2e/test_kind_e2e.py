@@ -19,6 +19,7 @@ from google.protobuf import empty_pb2
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from tests.e2e.kind import (
+    IMAGE_TAG,
     MANIFESTS,
     NAMESPACE,
     RELEASE,
@@ -137,7 +138,8 @@ def session(deployed: Kubectl) -> Iterator[Session]:
         "stringData": {"password": password, "users.csv": f"SEQUENTIAL\n{SESSION};{password}\n"},
     }
     kubectl.apply(json.dumps(account))
-    kubectl.apply((MANIFESTS / "sipp-peer.yaml").read_text())
+    peer = (MANIFESTS / "sipp-peer.yaml").read_text()
+    kubectl.apply(peer.replace("image: sipp-peer:dev", f"image: sipp-peer:{IMAGE_TAG}"))
     wait_for("the sipp peer", lambda: kubectl.pod_ready("sipp-peer"), timeout=180)
     kubectl.apply((MANIFESTS / "sipsession.yaml").read_text())
     pod, _ = _ready_session(kubectl)
