@@ -218,3 +218,31 @@ def test_all_namespaces_prepares_the_listed_session_namespaces() -> None:
 def test_an_rtp_range_ending_before_it_starts_is_refused() -> None:
     with pytest.raises(helm_python.HelmRenderError, match="rtpPortEnd"):
         render({"worker": {"rtpPortStart": 5000, "rtpPortEnd": 4000}})
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_operator_accepts_the_rendered_arguments_and_environment(
+    values: dict[str, Any],
+) -> None:
+    """The chart speaks the operator's interface: its own parser and settings loader agree."""
+    from sip_operator.main import build_parser
+    from sip_operator.settings import load_settings
+
+    container = _operator_container(render(values))
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    args = build_parser(environ).parse_args(container["args"])
+    settings = load_settings(environ)
+
+    watch = values.get("watch", {})
+    if watch.get("allNamespaces"):
+        assert args.all_namespaces and not args.namespaces
+    else:
+        assert args.namespaces == (watch.get("namespaces") or [NAMESPACE])
+    assert args.standalone == (values.get("operator", {}).get("replicas", 1) == 1)
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    assert settings.worker_image == "sip-worker:0.1.0"
+    assert (settings.grpc_port, settings.sip_port, settings.metrics_port) == (50099, 5060, 9464)
+    external = values.get("redis", {}).get("external", {})
+    secret = external.get("existingSecret", "demo-sip-operator-redis")
+    assert settings.redis_password_secret is not None
+    assert settings.redis_password_secret.name == secret
