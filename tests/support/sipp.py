@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 SCENARIOS = Path(__file__).parent / "sipp"
@@ -45,9 +46,12 @@ class Sipp:
         *,
         remote: str | None = None,
         variables: dict[str, str] | None = None,
+        fill: dict[str, str] | None = None,
         args: Sequence[str] = (),
         transport: str = "udp",
     ) -> None:
+        """`variables` go to sipp's -set; `fill` replaces @NAME@ placeholders in the scenario
+        file itself, for what sipp reads at load time (such as response codes)."""
         self.scenario = scenario
         self.name = Path(scenario).stem
         self.workdir = workdir
@@ -63,6 +67,15 @@ class Sipp:
         self.log_path = workdir / f"{self.name}_{self.port}_logs.log"
         self.output_path = workdir / f"{self.name}_{self.port}_output.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.scenario_path: Path | None = None
+        if (SCENARIOS / scenario).is_file():
+            self.scenario_path = SCENARIOS / scenario
+            if fill:
+                text = self.scenario_path.read_text()
+                for name, value in fill.items():
+                    text = text.replace(f"@{name}@", value)
+                self.scenario_path = workdir / f"{self.name}_{self.port}.xml"
+                self.scenario_path.write_text(text)
 
     @property
     def address(self) -> str:
@@ -72,8 +85,8 @@ class Sipp:
         command = [sipp_binary()]
         if self.remote is not None:
             command.append(self.remote)
-        if (SCENARIOS / self.scenario).is_file():
-            command += ["-sf", str(SCENARIOS / self.scenario)]
+        if self.scenario_path is not None:
+            command += ["-sf", str(self.scenario_path)]
         else:
             command += ["-sn", self.scenario]
         for name, value in self.variables.items():
@@ -129,6 +142,18 @@ class Sipp:
     def logs(self) -> str:
         """The scenario's <log> actions so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def timeline(self) -> list[tuple[datetime, str, str]]:
+        """(time, "sent" or "received", first line) of every traced message, in order."""
+        events = []
+        for match in re.finditer(
+            r"^-{5,} (\S+ \S+)\n\S+ message (sent|received).*\n\s*\n(.*)$",
+            self.messages(),
+            flags=re.M,
+        ):
+            when = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S.%f")
+            events.append((when, match[2], match[3].strip()))
+        return events
 
     def received(self, method: str) -> list[str]:
         """Every request with `method` that sipp received, as text."""

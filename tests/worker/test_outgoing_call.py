@@ -1,24 +1,15 @@
 """StartCall to sipp UAS scenarios: connect, headers on the wire, remote BYE, refusals."""
 
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
 
 from ondewo.sip import sip_pb2
-from tests.support.sipp import SCENARIOS, Sipp
+from tests.support.sipp import Sipp
 from tests.worker.conftest import WorkerProcess
 
 HEADERS = {"X-Custom-Id": "abc123", "X-Tenant": "t1", "X-Empty-Ok": "a value, with: punctuation"}
-
-
-def reject_scenario(directory: Path, code: int, reason: str) -> Path:
-    """uas_reject.xml with its final response filled in (sipp reads the code at load time)."""
-    template = (SCENARIOS / "uas_reject.xml").read_text()
-    path = directory / f"uas_reject_{code}.xml"
-    path.write_text(template.replace("@CODE@", str(code)).replace("@REASON@", reason))
-    return path
 
 
 def start_call(worker: WorkerProcess, callee: str, headers: dict[str, str] | None = None) -> None:
@@ -90,13 +81,11 @@ def test_remote_bye_finishes_the_call(
 
 @pytest.mark.parametrize(("code", "reason"), [(486, "Busy Here"), (404, "Not Found")])
 def test_refused_call_fails_with_the_sip_code(
-    session: WorkerProcess,
-    sipp_factory: Callable[..., Sipp],
-    tmp_path: Path,
-    code: int,
-    reason: str,
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp], code: int, reason: str
 ) -> None:
-    uas = sipp_factory(str(reject_scenario(tmp_path, code, reason)), args=["-m", "1"])
+    uas = sipp_factory(
+        "uas_reject.xml", fill={"CODE": str(code), "REASON": reason}, args=["-m", "1"]
+    )
 
     start_call(session, f"service@{uas.address}")
     failed = session.wait_for_status("outgoing_call_failed")

@@ -1,4 +1,4 @@
-"""The `X-` headers of an incoming SIP request, read from its raw text.
+"""The caller and the `X-` headers of an incoming SIP request, read from its raw text.
 
 PJSUA2 hands an incoming INVITE to the application only as the whole message text, so the
 header section is parsed here: names are matched case-insensitively, folded lines are joined,
@@ -11,14 +11,34 @@ _FOLD_RE = re.compile(r"\r?\n[ \t]+")
 _HEADER_LINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 
 
-def custom_headers(message: str) -> dict[str, str]:
-    """Every `X-` header of `message` (a whole SIP message), in first-seen order and spelling."""
+def _header_lines(message: str) -> list[tuple[str, str]]:
+    """(name, value) of every header line of `message`, folded lines joined."""
     head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
     unfolded = _FOLD_RE.sub(" ", head)
-    found: dict[str, tuple[str, list[str]]] = {}
+    lines = []
     for line in unfolded.splitlines()[1:]:
         match = _HEADER_LINE_RE.fullmatch(line.rstrip())
-        if match is None or not match[1].lower().startswith("x-"):
+        if match is not None:
+            lines.append((match[1], match[2]))
+    return lines
+
+
+def caller_uri(message: str) -> str | None:
+    """The URI of the From header (`sip:user@host:port`, port kept), or None without one."""
+    for name, value in _header_lines(message):
+        if name.lower() in ("from", "f"):
+            start, end = value.find("<"), value.find(">")
+            if 0 <= start < end:
+                return value[start + 1 : end]
+            return value.split(";", 1)[0].strip()
+    return None
+
+
+def custom_headers(message: str) -> dict[str, str]:
+    """Every `X-` header of `message` (a whole SIP message), in first-seen order and spelling."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for name, value in _header_lines(message):
+        if not name.lower().startswith("x-"):
             continue
-        found.setdefault(match[1].lower(), (match[1], []))[1].append(match[2].strip())
+        found.setdefault(name.lower(), (name, []))[1].append(value.strip())
     return {spelling: ", ".join(values) for spelling, values in found.values()}

@@ -39,7 +39,7 @@ from sip_worker.errors import (
 )
 from sip_worker.hand_off import HandOff, Timer
 from sip_worker.history import StatusHistory
-from sip_worker.incoming_headers import custom_headers
+from sip_worker.incoming_headers import caller_uri, custom_headers
 from sip_worker.validation import AccountName, check_headers, parse_account_name, target_uri
 from sip_worker.wav import playable_wav
 
@@ -246,6 +246,7 @@ class Phone:
         self._running = False
         self._stopping = False
         self._account: _Account | None = None
+        self._registering: _Account | None = None  # a new account awaiting its first answer
         self._session_interval: int | None = None  # the session's auto-answer interval
         self._call: _Call | None = None
         self._retired: list[object] = []  # PJSUA2 objects to free outside callbacks
@@ -368,7 +369,7 @@ class Phone:
 
     def _destroy_endpoint(self) -> None:
         self._call = None
-        self._account = None
+        self._account = self._registering = None
         self._retired.clear()
         gc.collect()
         if self._endpoint is not None:
@@ -382,9 +383,10 @@ class Phone:
     def _stop_running(self) -> None:
         if self._endpoint is not None:
             self._endpoint.hangupAllCalls()
-        if self._account is not None:
-            self._retire_account(self._account)
-            self._account = None
+        for account in (self._registering, self._account):
+            if account is not None:
+                self._retire_account(account)
+        self._account = self._registering = None
         self._running = False
 
     def _begin_shutdown(self, deadline: float) -> "Future[None]":
@@ -477,7 +479,7 @@ class Phone:
         if self._call is not None:
             raise WrongState("a call is in progress; end it before registering")
         current = self._account
-        if current is not None and current.pending is not None:
+        if self._registration_in_progress():
             raise WrongState("a registration is already in progress")
         if (
             self._session_interval is not None
@@ -498,6 +500,7 @@ class Phone:
             ) from None
 
         def on_answer(error: PhoneError | None) -> None:
+            self._registering = None
             # Accounts are deleted outside their own callbacks.
             if error is not None:
                 self._hand_off.post(functools.partial(self._retire_account, account))
@@ -506,9 +509,19 @@ class Phone:
                 self._hand_off.post(functools.partial(self._retire_account, current))
             self._account = account
             self._append(SipStatus.registered, account_name=account.name.canonical)
+            if self._session_interval is not None:
+                # The session's account registered again: the session goes on.
+                self._append(SipStatus.ready)
 
-        # create() has sent the REGISTER already.
+        # create() has sent the REGISTER already. Calls wait until the answer is in: the
+        # account they would use may be replaced.
+        self._registering = account
         return self._begin_registration(account, True, on_answer, already_sent=True)
+
+    def _registration_in_progress(self) -> bool:
+        return self._registering is not None or (
+            self._account is not None and self._account.pending is not None
+        )
 
     def _account_config(self, name: AccountName, password: str) -> Any:
         settings = self._settings
@@ -642,7 +655,7 @@ class Phone:
             raise WrongState(f"account {name.canonical} is not registered; call RegisterAccount")
         if self._call is not None:
             raise WrongState("a call is in progress")
-        if account.pending is not None:
+        if self._registration_in_progress():
             raise WrongState("a registration is in progress")
         if account.registered:
             self._open_session(interval)
@@ -666,7 +679,7 @@ class Phone:
         account = self._account
         if account is None or (self._session_interval is None and not account.registered):
             raise WrongState("there is no session to end")
-        if account.pending is not None:
+        if self._registration_in_progress():
             raise WrongState("a registration is in progress")
         self._session_interval = None
         done: Future[None] = Future()
@@ -710,6 +723,8 @@ class Phone:
             raise WrongState("there is no session; call StartSession first")
         if self._call is not None:
             raise WrongState("a call is already in progress")
+        if self._registration_in_progress():
+            raise WrongState("a registration is in progress")
         uri = target_uri(callee_id, account.name, "callee_id")
         state = self._new_call_state(True, callee_id, headers)
         call = _Call(self, account, pj.PJSUA_INVALID_ID, state)
@@ -734,7 +749,11 @@ class Phone:
         if self._stopping:
             self._reject(_Call(self, account, call_id, None), 503)
             return
-        if account is not self._account or self._session_interval is None:
+        if (
+            account is not self._account
+            or self._session_interval is None
+            or self._registration_in_progress()
+        ):
             self._reject(_Call(self, account, call_id, None), 480)
             return
         if self._call is not None:
@@ -743,7 +762,8 @@ class Phone:
             return
         interval = self._session_interval
         call = _Call(self, account, call_id, None)
-        caller = _address_of(str(call.getInfo().remoteUri))
+        # The From URI as sent: PJSUA2's remoteUri drops the port (RFC 3261 From/To form).
+        caller = caller_uri(message) or _address_of(str(call.getInfo().remoteUri))
         state = self._new_call_state(False, caller, custom_headers(message))
         call.state = state
         self._call = call
