@@ -1,5 +1,7 @@
 """RegisterAccount / StartSession / EndSession against a sipp registrar with MD5 digest auth."""
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from google.protobuf.empty_pb2 import Empty
@@ -116,3 +118,35 @@ def test_sips_account_is_refused_without_tls(worker: WorkerProcess, registrar: S
     assert "TLS" in refused.value.details()
     assert worker.history() == []
     assert registrar.received("REGISTER") == []
+
+
+def test_auth_username_is_the_digest_user(
+    worker_factory: Callable[..., WorkerProcess], sipp_factory: Callable[..., Sipp]
+) -> None:
+    registrar = sipp_factory(
+        "registrar_auth.xml",
+        variables={"user": "agent-7", "pass": SIPP_PASSWORD},
+        args=["-m", "1"],
+    )
+    worker = worker_factory("--auth-username", "agent-7")
+
+    register(worker, account_of(registrar), SIPP_PASSWORD)
+
+    assert worker.types() == ["registered"]
+    answer = registrar.received("REGISTER")[1]
+    assert 'username="agent-7"' in answer
+    assert f"<sip:{SIPP_USER}@127.0.0.1" in answer  # the account itself is unchanged
+
+
+def test_outbound_proxy_carries_the_register(
+    worker_factory: Callable[..., WorkerProcess], registrar: Sipp
+) -> None:
+    worker = worker_factory("--outbound-proxy", f"sip:{registrar.address};lr")
+
+    # The account's domain does not resolve: the REGISTER can only arrive through the proxy.
+    register(worker, f"{SIPP_USER}@registrar.invalid", SIPP_PASSWORD)
+
+    assert worker.types() == ["registered"]
+    request = registrar.received("REGISTER")[-1]
+    assert request.startswith("REGISTER sip:registrar.invalid SIP/2.0")
+    assert f"Route: <sip:{registrar.address};lr>" in request
