@@ -1,0 +1,332 @@
+"""Worker benchmark (printed by `make bench`): call setup, RPC overhead, start-up and memory.
+
+1. Call setup: StartCall -> outgoing_call_connected through a real `sip-worker`, against a bare
+   PJSUA2 makeCall -> CONFIRMED (bench/bare_pjsua2_caller.py, its own process) to the same sipp
+   UAS in the same run. Targets: ratio <= 1.5, worker median <= 5 ms.
+2. GetSipStatus p50/p99 over 10,000 calls against grpc.health.v1 Check on the same server
+   (interleaved blocks, one channel). Target ratio <= 1.5.
+3. Idle RSS of the worker and time from process start to health SERVING.
+   Targets <= 50 MB and <= 500 ms.
+
+Everything runs on 127.0.0.1 with free ports; every process started here is stopped at the end.
+"""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import grpc
+import psutil
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
+from tests.support.redis_server import RedisServer, free_port  # noqa: E402
+
+SIP_WORKER = Path(sys.executable).parent / "sip-worker"
+REGISTRAR_SCENARIO = REPO / "tests" / "support" / "sipp" / "registrar_auth.xml"
+# Worker and bare calls alternate in rounds, so that load from elsewhere hits both alike.
+ROUNDS = 5
+CALLS_PER_ROUND = 10
+CALLS = ROUNDS * CALLS_PER_ROUND
+PACE_S = 0.05
+POLL_S = 0.02
+SETUP_QUIET_S = 0.03
+STATUS_RPCS = 10_000
+STARTS = 5
+ACCOUNT_USER = "bench"
+ACCOUNT_PASSWORD = "bench-secret"
+Status = sip_pb2.SipStatus
+# A channel's first connect fails while the worker starts; gRPC's default reconnect backoff
+# (1 s and growing) would be measured instead of the worker's start-up.
+EAGER_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 5),
+    ("grpc.min_reconnect_backoff_ms", 5),
+    ("grpc.max_reconnect_backoff_ms", 20),
+]
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _sipp_uas(stack: ExitStack, workdir: Path) -> int:
+    port = _free_udp_port()
+    stack.enter_context(
+        _process(
+            [
+                *("sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1"),
+                *("-mp", str(_free_udp_port()), "-rtp_echo", "-nostdin", "-cp", str(free_port())),
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    return port
+
+
+def _sipp_registrar(stack: ExitStack, workdir: Path) -> int:
+    port = _free_udp_port()
+    stack.enter_context(
+        _process(
+            [
+                *("sipp", "-sf", str(REGISTRAR_SCENARIO), "-i", "127.0.0.1", "-p", str(port)),
+                *("-set", "user", ACCOUNT_USER, "-set", "pass", ACCOUNT_PASSWORD, "-m", "1"),
+                *("-nostdin", "-cp", str(free_port())),
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    return port
+
+
+def _worker_args(redis_url: str, grpc_port: int, *extra: str) -> list[str]:
+    return [
+        str(SIP_WORKER),
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--sip-port",
+        "0",
+        "--rtp-port",
+        str(_free_udp_port()),
+        "--redis-url",
+        redis_url,
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+
+
+def _wait_serving(channel: grpc.Channel, process: subprocess.Popen[bytes], timeout: float) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sip-worker exited with {process.returncode} before SERVING")
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError("sip-worker did not become SERVING in time")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _ratio_line(name: str, value: float, target: float, unit: str = "") -> str:
+    verdict = "ok" if value <= target else "MISSED"
+    return f"  {name:<48} {value:8.2f}{unit}  (target <= {target}{unit}: {verdict})"
+
+
+def bench_startup(redis_url: str, workdir: Path) -> tuple[list[float], list[float]]:
+    """Time from Popen to SERVING, and RSS after a second idle, for `STARTS` plain workers."""
+    start_ms: list[float] = []
+    rss_mb: list[float] = []
+    for _ in range(STARTS):
+        port = free_port()
+        started = time.perf_counter()
+        with (
+            (workdir / "startup.log").open("ab") as log,
+            _process(_worker_args(redis_url, port), stdout=log, stderr=log) as process,
+            grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
+        ):
+            _wait_serving(channel, process, 30.0)
+            start_ms.append((time.perf_counter() - started) * 1000.0)
+            time.sleep(1.0)
+            rss_mb.append(psutil.Process(process.pid).memory_info().rss / 2**20)
+    return start_ms, rss_mb
+
+
+def _wait_status(
+    stub: sip_pb2_grpc.SipStub, accept: Callable[[Status], bool], timeout: float = 10.0
+) -> Status:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = stub.GetSipStatus(empty_pb2.Empty(), timeout=5)
+        if accept(status):
+            return status
+        # The timestamps measure; polling gently keeps this client off the worker's CPU.
+        time.sleep(POLL_S)
+    raise RuntimeError("the expected status did not come in time")
+
+
+def _seconds(status: Status) -> float:
+    return float(status.timestamp.ToNanoseconds()) / 1e9
+
+
+def bench_calls(stub: sip_pb2_grpc.SipStub, uas_port: int, spans: dict[str, list[float]]) -> None:
+    """Per call, in ms: client StartCall sent -> outgoing_call_initiated (gRPC, checks, hand-off
+    to the SIP thread), initiated -> connected (SIP), and sent -> connected (the whole);
+    appended to `spans`."""
+    callee = f"sip:service@127.0.0.1:{uas_port}"
+    done = (Status.outgoing_call_connected, Status.outgoing_call_failed)
+    for _ in range(CALLS_PER_ROUND):
+        sent = time.time()
+        stub.StartCall(sip_pb2.StartCallRequest(callee_id=callee), timeout=10)
+        # Stay quiet while the call is set up: the timestamps measure, the client need not.
+        time.sleep(SETUP_QUIET_S)
+        outcome = _wait_status(stub, lambda s: s.status_type in done)
+        if outcome.status_type != Status.outgoing_call_connected:
+            raise RuntimeError(f"call failed: {outcome.description}")
+        history = stub.GetSipStatusHistory(empty_pb2.Empty(), timeout=10).status_history
+        initiated = next(
+            s for s in reversed(history) if s.status_type == Status.outgoing_call_initiated
+        )
+        spans["hop"].append((_seconds(initiated) - sent) * 1000.0)
+        spans["sip"].append((_seconds(outcome) - _seconds(initiated)) * 1000.0)
+        spans["total"].append((_seconds(outcome) - sent) * 1000.0)
+        stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+        _wait_status(stub, lambda s: s.status_type == Status.outgoing_call_finished)
+        time.sleep(PACE_S)
+
+
+def bench_bare(uas_port: int) -> list[float]:
+    result = subprocess.run(
+        [
+            *(sys.executable, str(REPO / "bench" / "bare_pjsua2_caller.py")),
+            *("--target", f"sip:service@127.0.0.1:{uas_port}", "--calls", str(CALLS_PER_ROUND)),
+            *("--pace", str(PACE_S)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    setup_ms: list[float] = json.loads(result.stdout.strip().splitlines()[-1])["setup_ms"]
+    return setup_ms
+
+
+def bench_rpcs(channel: grpc.Channel) -> tuple[list[float], list[float]]:
+    sip = sip_pb2_grpc.SipStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    empty = empty_pb2.Empty()
+    check = health_pb2.HealthCheckRequest(service="")
+    status_us: list[float] = []
+    health_us: list[float] = []
+    block = 500
+    for _ in range(50):  # warm-up
+        sip.GetSipStatus(empty)
+        health.Check(check)
+    for _ in range(STATUS_RPCS // block):
+        for _ in range(block):
+            started = time.perf_counter()
+            sip.GetSipStatus(empty)
+            status_us.append((time.perf_counter() - started) * 1e6)
+        for _ in range(block):
+            started = time.perf_counter()
+            health.Check(check)
+            health_us.append((time.perf_counter() - started) * 1e6)
+    return status_us, health_us
+
+
+def main() -> None:
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-worker-")))
+        redis_server = RedisServer(workdir / "redis")
+        redis_server.start()
+        stack.callback(redis_server.stop)
+
+        start_ms, rss_mb = bench_startup(redis_server.url, workdir)
+
+        uas_port = _sipp_uas(stack, workdir)
+        registrar_port = _sipp_registrar(stack, workdir)
+        grpc_port = free_port()
+        log = stack.enter_context((workdir / "worker.log").open("wb"))
+        environment = {**os.environ, "SIP_WORKER_PASSWORD": ACCOUNT_PASSWORD}
+        account = f"{ACCOUNT_USER}@127.0.0.1:{registrar_port}"
+        process = stack.enter_context(
+            _process(
+                _worker_args(
+                    redis_server.url,
+                    grpc_port,
+                    "--start-session",
+                    "--account",
+                    account,
+                    "--session-key",
+                    "bench",
+                ),
+                env=environment,
+                stdout=log,
+                stderr=log,
+            )
+        )
+        channel = stack.enter_context(
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=EAGER_RECONNECT)
+        )
+        _wait_serving(channel, process, 30.0)
+        stub = sip_pb2_grpc.SipStub(channel)
+        spans: dict[str, list[float]] = {"hop": [], "sip": [], "total": []}
+        bare_ms: list[float] = []
+        for _ in range(ROUNDS):
+            bench_calls(stub, uas_port, spans)
+            bare_ms += bench_bare(uas_port)
+        status_us, health_us = bench_rpcs(channel)
+
+    worker_median = _median(spans["total"])
+    bare_median = _median(bare_ms)
+    sip_median = _median(spans["sip"])
+    status_p50, status_p99 = _percentile(status_us, 0.5), _percentile(status_us, 0.99)
+    health_p50, health_p99 = _percentile(health_us, 0.5), _percentile(health_us, 0.99)
+    print(f"worker benchmark ({CALLS} calls to a sipp UAS, {STATUS_RPCS} status RPCs, loopback)")
+    print("1. call setup, medians")
+    print(f"  worker StartCall sent -> outgoing_call_connected  {worker_median:6.2f} ms")
+    print(f"    of which StartCall sent -> initiated (hop)     {_median(spans['hop']):6.2f} ms")
+    print(f"    of which initiated -> connected (SIP)          {sip_median:6.2f} ms")
+    print(f"  bare PJSUA2 makeCall -> CONFIRMED                {bare_median:6.2f} ms")
+    print(_ratio_line("ratio worker (sent -> connected) / bare", worker_median / bare_median, 1.5))
+    print(_ratio_line("ratio (initiated -> connected) / bare", sip_median / bare_median, 1.5))
+    print(_ratio_line("worker median (sent -> connected)", worker_median, 5.0, " ms"))
+    print("2. GetSipStatus against health Check (same server, same channel)")
+    print(f"  GetSipStatus  p50 {status_p50:7.0f} us  p99 {status_p99:7.0f} us")
+    print(f"  health Check  p50 {health_p50:7.0f} us  p99 {health_p99:7.0f} us")
+    print(_ratio_line("ratio p50", status_p50 / health_p50, 1.5))
+    print(_ratio_line("ratio p99", status_p99 / health_p99, 1.5))
+    print(f"3. start-up and memory ({STARTS} starts)")
+    print(_ratio_line("process start -> SERVING, median", _median(start_ms), 500.0, " ms"))
+    print(_ratio_line("idle RSS, median", _median(rss_mb), 50.0, " MB"))
+
+
+if __name__ == "__main__":
+    main()
