@@ -115,16 +115,6 @@ def test_no_redis_url_is_a_clear_error() -> None:
     assert "--redis-url (env SIP_WORKER_REDIS_URL) is required" in output
 
 
-def test_an_unreachable_redis_is_refused_before_serving() -> None:
-    closed = free_tcp_port()
-    code, output = run_sip_worker(
-        "--redis-url", f"redis://127.0.0.1:{closed}/0", "--grpc-port", str(free_tcp_port())
-    )
-    assert code == 2
-    assert "status history" in output
-    assert "serving" not in output
-
-
 @pytest.mark.parametrize("what", ["grpc", "sip"])
 def test_a_taken_port_stops_the_worker_with_a_clear_error(
     redis_server: RedisServer, what: str
