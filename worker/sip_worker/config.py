@@ -147,7 +147,7 @@ SETTINGS: tuple[_Setting, ...] = (
         _text,
         "address put in Contact and SDP, for hosts behind NAT",
         "ADDRESS",
-        default_text="--sip-host",
+        default_text="--sip-host (for 0.0.0.0: the default interface address)",
     ),
     _Setting(
         "redis_url",
