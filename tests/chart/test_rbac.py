@@ -1,22 +1,33 @@
 """The chart's RBAC grants exactly what the operator's code uses: read off the code, not restated.
 
-The permissions the operator needs are derived from its source: the Kubernetes client calls in
-`kube.py` (create_namespaced_pod -> create pods, ...), the resources its kopf handlers follow
-in `reconcile.py` (on.event -> list+watch; on.delete -> list+watch+patch for the finalizer
-and progress annotations), the kopf events it posts, and what kopf itself does around them.
+The permissions the operator needs are derived from its code: every public method of
+`KubeApi` (its only Kubernetes client) is run against a stand-in API server that records the
+requests (POST .../pods -> create pods, ...); the resources its kopf handlers follow are read
+off the decorators (on.event -> list+watch; on.delete -> list+watch+patch for the finalizer
+and progress annotations); plus the kopf events it posts and what kopf itself does.
 A verb the chart grants that the code does not use fails the test, and so does a call the code
 makes that the chart does not grant.
 """
 
 import ast
-import re
+import asyncio
+import functools
+import http.server
+import inspect
+import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import kopf
 import pytest
+import yaml
+from kubernetes.config import kube_config
 
 from sip_operator import session_spec
+from sip_operator.kube import KubeApi
 from tests.chart.rendering import (
     EXTERNAL_ALL_NAMESPACES,
     NAMESPACE,
@@ -31,44 +42,106 @@ from tests.chart.rendering import (
 OPERATOR = Path(__file__).resolve().parents[2] / "operator" / "sip_operator"
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 
-_CLIENT_VERBS = {
-    "create": "create",
-    "read": "get",
-    "list": "list",
-    "patch": "patch",
-    "replace": "update",
-    "delete": "delete",
-}
-_CLIENT_CALL = re.compile(r"^(create|read|list|patch|replace|delete)_namespaced_(\w+)$")
+_WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 # kopf handlers that keep state on the object (finalizer, progress annotations) patch it.
 _PATCHING_HANDLERS = {"create", "update", "delete", "resume", "field", "timer", "daemon"}
 _WATCHING_HANDLERS = _PATCHING_HANDLERS | {"event", "index"}
 
 
-def _client_permission(method: str) -> Permission:
-    match = _CLIENT_CALL.match(method)
-    assert match, f"operator calls {method}, which this test cannot map to a verb"
-    verb, what = _CLIENT_VERBS[match.group(1)], match.group(2)
-    if what == "custom_object":
-        return (session_spec.GROUP, session_spec.PLURAL, verb)
-    if what == "custom_object_status":
-        return (session_spec.GROUP, f"{session_spec.PLURAL}/status", verb)
-    # CoreV1Api: pod -> pods, service -> services, config_map -> configmaps.
-    return ("", what.replace("_", "") + "s", verb)
+def _permission(method: str, url: str) -> Permission:
+    """The RBAC (apiGroup, resource[/subresource], verb) one API request needs."""
+    path, _, query = url.partition("?")
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    assert rest[0] == "namespaces", f"a cluster-scoped request: {method} {url}"
+    resource = "/".join([rest[2], *rest[4:5]])
+    named = len(rest) > 3
+    verb = _WRITE_VERBS.get(method) or (
+        "get" if named else "watch" if "watch=" in query else "list"
+    )
+    return (group, resource, verb)
 
 
-def client_calls() -> set[Permission]:
-    """Every Kubernetes client method KubeApi calls (self._core.x / self._custom.x)."""
-    tree = ast.parse((OPERATOR / "kube.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Attribute)
-            and node.value.attr in ("_core", "_custom")
-        ):
-            found.add(_client_permission(node.attr))
-    return found
+class _RecordingApiServer(http.server.ThreadingHTTPServer):
+    """A stand-in API server on 127.0.0.1 that answers 200 {} and records each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                server.requests.append((self.command, self.path))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def _argument(parameter: inspect.Parameter) -> Any:
+    samples: dict[str, Any] = {
+        "namespace": "ns",
+        "name": "n",
+        "body": {"metadata": {"namespace": "ns", "name": "n"}},
+        "status": {},
+    }
+    assert parameter.name in samples, f"KubeApi takes {parameter.name!r}: teach this test"
+    return samples[parameter.name]
+
+
+@functools.cache
+def client_calls() -> frozenset[Permission]:
+    """The requests every public KubeApi method sends, recorded from a stand-in API server."""
+    server = _RecordingApiServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            kubeconfig = Path(directory) / "config"
+            kubeconfig.write_text(_kubeconfig(server.server_address[1]))
+            environ = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+            with (
+                mock.patch.dict(os.environ, environ, clear=True),
+                mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig)),
+            ):
+                api = KubeApi()
+            try:
+                for name, method in inspect.getmembers(api, inspect.iscoroutinefunction):
+                    if name.startswith("_"):
+                        continue
+                    parameters = inspect.signature(method).parameters.values()
+                    asyncio.run(method(*[_argument(p) for p in parameters]))
+            finally:
+                api.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return frozenset(_permission(method, url) for method, url in server.requests)
+
+
+def _kubeconfig(port: int) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "stand-in", "user": {"token": "stand-in"}}],
+            "contexts": [
+                {"name": "stand-in", "context": {"cluster": "stand-in", "user": "stand-in"}}
+            ],
+            "current-context": "stand-in",
+        }
+    )
 
 
 def _constant(node: ast.expr) -> str:
@@ -128,7 +201,7 @@ CRD_SCANNING = {
 
 
 def operator_permissions() -> set[Permission]:
-    return client_calls() | kopf_handler_permissions() | KOPF_EVENTS
+    return set(client_calls()) | kopf_handler_permissions() | KOPF_EVENTS
 
 
 def granted(role: Manifest) -> set[Permission]:
@@ -139,6 +212,15 @@ def granted(role: Manifest) -> set[Permission]:
                 for verb in rule["verbs"]:
                     permissions.add((group, resource, verb))
     return permissions
+
+
+def test_kube_api_is_the_operators_only_kubernetes_client() -> None:
+    """What KubeApi sends is all the operator sends itself (the rest goes through kopf)."""
+    for module in OPERATOR.glob("*.py"):
+        if module.name != "kube.py":
+            source = module.read_text()
+            assert "import kubernetes" not in source, module.name
+            assert "from kubernetes" not in source, module.name
 
 
 def test_the_operator_code_is_understood() -> None:
