@@ -71,3 +71,8 @@ def test_extra_chunks_are_skipped() -> None:
 def test_bad_wavs_are_refused_with_a_reason(wav_files: list[bytes]) -> None:
     with pytest.raises(InvalidArgument, match=r"wav_files\[0\]"):
         playable_wav(wav_files[0], "wav_files[0]")
+
+
+def test_16_bit_mono_passes_through_unchanged() -> None:
+    original = tone_wav(1000, 0.3, 22050)
+    assert playable_wav(original, "wav") == original

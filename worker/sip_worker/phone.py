@@ -171,6 +171,7 @@ class _CallState:
     outgoing: bool
     callee_id: str
     headers: dict[str, str]
+    announced: bool = False  # its *_call_initiated status is in the history
     connected: bool = False
     finished: bool = False
     muted: bool = False
@@ -444,6 +445,19 @@ class Phone:
         transfer_call_id: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        if call is not None and not call.announced:
+            # Every status of a call comes after the call's *_call_initiated.
+            call.announced = True
+            if status_type not in (
+                SipStatus.outgoing_call_initiated,
+                SipStatus.incoming_call_initiated,
+            ):
+                initiated = (
+                    SipStatus.outgoing_call_initiated
+                    if call.outgoing
+                    else SipStatus.incoming_call_initiated
+                )
+                self._append(initiated, call)
         if account_name is None:
             account_name = self._account.name.canonical if self._account is not None else ""
         status = SipStatus(
@@ -735,7 +749,7 @@ class Phone:
             header.hValue = value
             parameters.txOption.headers.append(header)
         self._call = call
-        self._append(SipStatus.outgoing_call_initiated, state)
+        # The INVITE goes out first; the status follows (and precedes any other of this call).
         try:
             call.makeCall(uri, parameters)
         except pj.Error as error:
@@ -744,6 +758,8 @@ class Phone:
                     call, SipStatus.outgoing_call_failed, f"{error.status} {error.reason}"
                 )
             raise Unreachable(f"cannot call {uri}: {error.reason}") from None
+        if not state.announced:
+            self._append(SipStatus.outgoing_call_initiated, state)
 
     def _on_incoming_call(self, account: _Account, call_id: int, message: str) -> None:
         if self._stopping:

@@ -143,6 +143,8 @@ def playable_wav(data: bytes, what: str) -> bytes:
         raise InvalidArgument(f"{what} holds no audio")
     if len(frames) % fmt.block_align:
         raise InvalidArgument(f"{what} is truncated: its data ends inside a sample frame")
+    if fmt.format_tag == WAVE_FORMAT_PCM and fmt.bits_per_sample == 16 and fmt.channels == 1:
+        return wav_bytes(frames, fmt.sample_rate)  # already playable: no numpy, no copy loop
     import numpy as np
 
     mono = _samples(frames, fmt).mean(axis=1)
