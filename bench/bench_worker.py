@@ -160,10 +160,12 @@ def _ratio_line(name: str, value: float, target: float, unit: str = "") -> str:
     return f"  {name:<48} {value:8.2f}{unit}  (target <= {target}{unit}: {verdict})"
 
 
-def bench_startup(redis_url: str, workdir: Path) -> tuple[list[float], list[float]]:
-    """Time from Popen to SERVING, and RSS after a second idle, for `STARTS` plain workers."""
+def bench_startup(redis_url: str, workdir: Path) -> tuple[list[float], list[float], list[float]]:
+    """Time from Popen to SERVING, and RSS and USS (private memory) after a second idle, for
+    `STARTS` plain workers."""
     start_ms: list[float] = []
     rss_mb: list[float] = []
+    uss_mb: list[float] = []
     for _ in range(STARTS):
         port = free_port()
         started = time.perf_counter()
@@ -175,8 +177,10 @@ def bench_startup(redis_url: str, workdir: Path) -> tuple[list[float], list[floa
             _wait_serving(channel, process, 30.0)
             start_ms.append((time.perf_counter() - started) * 1000.0)
             time.sleep(1.0)
-            rss_mb.append(psutil.Process(process.pid).memory_info().rss / 2**20)
-    return start_ms, rss_mb
+            memory = psutil.Process(process.pid).memory_full_info()
+            rss_mb.append(memory.rss / 2**20)
+            uss_mb.append(memory.uss / 2**20)
+    return start_ms, rss_mb, uss_mb
 
 
 def _wait_status(
@@ -268,7 +272,7 @@ def main() -> None:
         redis_server.start()
         stack.callback(redis_server.stop)
 
-        start_ms, rss_mb = bench_startup(redis_server.url, workdir)
+        start_ms, rss_mb, uss_mb = bench_startup(redis_server.url, workdir)
 
         uas_port = _sipp_uas(stack, workdir)
         registrar_port = _sipp_registrar(stack, workdir)
@@ -326,6 +330,7 @@ def main() -> None:
     print(f"3. start-up and memory ({STARTS} starts)")
     print(_ratio_line("process start -> SERVING, median", _median(start_ms), 500.0, " ms"))
     print(_ratio_line("idle RSS, median", _median(rss_mb), 50.0, " MB"))
+    print(f"  idle USS (private, not shared with other workers), median {_median(uss_mb):.2f} MB")
 
 
 if __name__ == "__main__":
