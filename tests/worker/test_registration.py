@@ -150,3 +150,33 @@ def test_outbound_proxy_carries_the_register(
     request = registrar.received("REGISTER")[-1]
     assert request.startswith("REGISTER sip:registrar.invalid SIP/2.0")
     assert f"Route: <sip:{registrar.address};lr>" in request
+
+
+def test_registering_again_keeps_the_new_binding(
+    worker: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    registrar = sipp_factory(
+        "registrar_auth.xml",
+        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
+        args=["-m", "2"],
+    )
+    register(worker, account_of(registrar), SIPP_PASSWORD)
+    register(worker, account_of(registrar), SIPP_PASSWORD)
+
+    assert worker.types() == ["registered", "registered"]
+    registrar.wait_for(r"Expires: 0|expires=0")
+
+    def contact(request: str) -> str:
+        line = next(line for line in request.splitlines() if line.startswith("Contact:"))
+        return line.split(";expires")[0]
+
+    def is_unregister(request: str) -> bool:
+        return "Expires: 0" in request or "expires=0" in request
+
+    requests = registrar.received("REGISTER")
+    registered = list(dict.fromkeys(contact(r) for r in requests if not is_unregister(r)))
+    unregistered = {contact(r) for r in requests if is_unregister(r)}
+    # Each account object has its own Contact; deleting the replaced account un-REGISTERs its
+    # binding only, not the one just registered.
+    assert len(registered) == 2
+    assert unregistered == {registered[0]}

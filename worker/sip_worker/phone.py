@@ -545,6 +545,9 @@ class Phone:
         config.regConfig.registerOnAdd = True
         config.regConfig.retryIntervalSec = 30
         config.sipConfig.transportId = self._transport_id
+        # Each account object registers its own Contact: when a RegisterAccount replaces an
+        # account, deleting the old one un-REGISTERs only the old binding, not the new one.
+        config.sipConfig.contactUriParams = f";line={next(self._serials)}"
         username = settings.auth_username or name.user
         config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", username, 0, password))
         if settings.outbound_proxy:
