@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from ondewo.sip import sip_pb2
-from tests.support.sipp import Sipp
+from tests.support.sipp import Sipp, free_udp_port
 from tests.worker.conftest import WorkerProcess
 
 HEADERS = {"X-Custom-Id": "abc123", "X-Tenant": "t1", "X-Empty-Ok": "a value, with: punctuation"}
@@ -41,7 +41,7 @@ def test_call_connects_with_headers_on_the_invite(
 
     session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
     session.wait_for_status("outgoing_call_finished")
-    assert uas.received("BYE")
+    uas.wait_for(r"^BYE sip:")
 
 
 def test_sip_uri_callee_is_used_verbatim(
@@ -111,3 +111,21 @@ def test_second_call_during_a_call_is_refused(
     assert len(uas.received("INVITE")) == 1
     session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
     session.wait_for_status("outgoing_call_finished")
+
+
+def test_end_call_before_the_answer_cancels(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    silent = f"service@127.0.0.1:{free_udp_port()}"  # nobody answers the INVITE there
+    start_call(session, silent)
+    session.wait_for_status("outgoing_call_initiated")
+
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    failed = session.wait_for_status("outgoing_call_failed", timeout=40)
+
+    assert session.types()[-3:] == [
+        "outgoing_call_initiated",
+        "hard_hangup_initiated",
+        "outgoing_call_failed",
+    ]
+    assert failed.description.split()[0] in ("487", "408")

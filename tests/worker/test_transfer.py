@@ -60,3 +60,26 @@ def test_transfer_without_a_call_is_refused(session: WorkerProcess) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert session.history() == before
     session.stub.GetSipStatus(Empty(), timeout=10)
+
+
+def test_refused_transfer_keeps_the_call(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    uas = sipp_factory("uas_refer_reject.xml", args=["-m", "1"])
+    session.stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"svc@{uas.address}"), timeout=10)
+    session.wait_for_status("outgoing_call_connected")
+    before = len(session.history())
+
+    session.stub.TransferCall(sip_pb2.TransferCallRequest(transfer_id="queue7"), timeout=10)
+    again = session.wait_for_status("outgoing_call_connected", after=before)
+
+    assert session.types()[before:] == ["transfer_call_initiated", "outgoing_call_connected"]
+    assert again.description == "transfer failed: 403 Forbidden"
+    assert again.transfer_call_id == "queue7"
+    refer = uas.received("REFER")[0]
+    # A bare transfer target is placed in the account's domain.
+    assert f"sip:queue7@{session.status().account_name.split('@')[1]}" in refer
+    # The call goes on: it can be transferred again or ended.
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    session.wait_for_status("outgoing_call_finished", after=before)
+    assert uas.wait(timeout=20) == 0
