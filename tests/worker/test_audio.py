@@ -19,8 +19,6 @@ from tests.support.audio import (
 from tests.support.recording_peer import RecordingPeer
 from tests.worker.conftest import WorkerProcess
 
-pytestmark = pytest.mark.slow
-
 # The first audio after a change still holds what the far end's jitter buffer had queued.
 SETTLE = 0.3
 
@@ -91,6 +89,7 @@ LAYOUTS = {
 TONE_SECONDS = 0.8
 
 
+@pytest.mark.slow
 def test_every_wav_layout_plays_in_order_then_soft_hangup_waits_for_it(
     session: WorkerProcess, call_recording_peer: RecordingPeer
 ) -> None:

@@ -187,3 +187,20 @@ def test_request_over_the_size_limit_is_resource_exhausted(
         timeout=20,
     )
     assert worker.types() == ["registered"]
+
+
+def test_queued_audio_is_bounded(in_call: tuple[WorkerProcess, Sipp]) -> None:
+    worker, _ = in_call
+    # 16-bit mono at 16 kHz, just under 15 MiB: four fit in the 64 MiB queue, a fifth does not.
+    long_silence = tone_wav(1000, 491.0, amplitude=0.0)
+    request = sip_pb2.PlayWavFilesRequest(wav_files=[long_silence])
+    for _ in range(4):
+        worker.stub.PlayWavFiles(request, timeout=30)
+
+    details = assert_refused(
+        worker, worker.stub.PlayWavFiles, request, grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+
+    assert "queued" in details
+    worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    worker.wait_for_status("outgoing_call_finished")

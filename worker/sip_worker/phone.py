@@ -34,6 +34,7 @@ from sip_worker.errors import (
     AuthenticationFailed,
     InvalidArgument,
     PhoneError,
+    TooLarge,
     Unreachable,
     WrongState,
 )
@@ -58,6 +59,9 @@ TRANSFER_FINAL_NOTIFY_TIMEOUT = 10.0
 # Bound on an API thread's wait for the SIP thread beyond an operation's own timeouts.
 HAND_OFF_TIMEOUT = 30.0
 UNREGISTER_TIMEOUT = 5.0
+# Bound on the audio of one call waiting to play (about 11 minutes at 48 kHz): it is held in
+# memory-backed temporary files.
+MAX_QUEUED_AUDIO_BYTES = 64 * 1024 * 1024
 # Preferred codecs first; the others waste CPU (speex) or are rarely offered.
 CODEC_PRIORITIES = (
     ("PCMU/8000", 255),
@@ -179,7 +183,8 @@ class _CallState:
     transfer_id: str | None = None
     audio: Any = None  # the call's pj.AudioMedia while media is active
     player: "_Player | None" = None
-    queued_wavs: deque[Path] = field(default_factory=deque)
+    queued_wavs: deque[tuple[Path, int]] = field(default_factory=deque)  # (file, bytes)
+    queued_bytes: int = 0  # of the queued files and the one playing
     timers: list[Timer] = field(default_factory=list)
     on_finished: list[Callable[[], None]] = field(default_factory=list)
 
@@ -211,10 +216,11 @@ class _Call(pj.Call):  # type: ignore[misc]
 
 
 class _Player(pj.AudioMediaPlayer):  # type: ignore[misc]
-    def __init__(self, phone: "Phone", serial: int) -> None:
+    def __init__(self, phone: "Phone", serial: int, size: int) -> None:
         super().__init__()
         self.phone = phone
         self.serial = serial
+        self.size = size  # bytes of its file, counted in the call's queued audio
 
     @_guarded
     def onEof2(self) -> None:
@@ -971,39 +977,52 @@ class Phone:
         if not wav_files:
             raise InvalidArgument("wav_files is empty")
         converted = [playable_wav(data, f"wav_files[{i}]") for i, data in enumerate(wav_files)]
-        paths: list[Path] = []
+        if sum(map(len, converted)) > MAX_QUEUED_AUDIO_BYTES:
+            raise TooLarge(f"wav_files hold more than {MAX_QUEUED_AUDIO_BYTES} bytes of audio")
+        files: list[tuple[Path, int]] = []
         try:
-            for wav in converted:
-                handle, name = tempfile.mkstemp(
-                    prefix="sip-worker-", suffix=".wav", dir=self._wav_dir
-                )
-                with os.fdopen(handle, "wb") as file:
-                    file.write(wav)
-                paths.append(Path(name))
-            self._on_sip_thread(lambda: self._queue_wavs(paths))
+            try:
+                for wav in converted:
+                    handle, name = tempfile.mkstemp(
+                        prefix="sip-worker-", suffix=".wav", dir=self._wav_dir
+                    )
+                    files.append((Path(name), len(wav)))
+                    with os.fdopen(handle, "wb") as file:
+                        file.write(wav)
+            except OSError as error:
+                raise TooLarge(f"no room for the audio: {error.strerror}") from None
+            self._on_sip_thread(lambda: self._queue_wavs(files))
         except BaseException:
-            for path in paths:
+            for path, _ in files:
                 path.unlink(missing_ok=True)
             raise
 
-    def _queue_wavs(self, paths: list[Path]) -> None:
+    def _queue_wavs(self, files: list[tuple[Path, int]]) -> None:
         _, state = self._current_call()
         if not state.connected:
             raise WrongState("the call is not connected yet")
         if state.soft_hangup:
             raise WrongState("the call is being hung up")
-        state.queued_wavs.extend(paths)
+        size = sum(size for _, size in files)
+        if state.queued_bytes + size > MAX_QUEUED_AUDIO_BYTES:
+            raise TooLarge(
+                f"the call already has {state.queued_bytes} bytes of audio queued; at most "
+                f"{MAX_QUEUED_AUDIO_BYTES} may wait"
+            )
+        state.queued_wavs.extend(files)
+        state.queued_bytes += size
         if state.player is None:
             self._play_next(state)
 
     def _play_next(self, state: _CallState) -> None:
         while state.queued_wavs:
-            path = state.queued_wavs.popleft()
-            player = _Player(self, next(self._serials))
+            path, size = state.queued_wavs.popleft()
+            player = _Player(self, next(self._serials), size)
             try:
                 player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
             except pj.Error as error:
                 log.warning("cannot play a WAV file: %s", error.reason)
+                state.queued_bytes -= size
                 self._retire(player)
                 continue
             finally:
@@ -1034,6 +1053,7 @@ class Phone:
         player, state.player = state.player, None
         if player is None:
             return
+        state.queued_bytes -= player.size
         if state.audio is not None:
             with suppress(pj.Error):
                 player.stopTransmit(state.audio)
@@ -1042,7 +1062,8 @@ class Phone:
     def _stop_audio(self, state: _CallState) -> None:
         self._release_player(state)
         while state.queued_wavs:
-            state.queued_wavs.popleft().unlink(missing_ok=True)
+            state.queued_wavs.popleft()[0].unlink(missing_ok=True)
+        state.queued_bytes = 0
         state.audio = None
 
     def _on_call_media_state(self, call: _Call) -> None:
