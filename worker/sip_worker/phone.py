@@ -475,10 +475,17 @@ class Phone:
         )
         status.headers.update(headers if headers is not None else call.headers if call else {})
         status.timestamp.GetCurrentTime()
+        name = SipStatus.StatusType.Name(status_type)
         try:
             self._history.append(status)
         except Exception:
-            log.exception("could not record the status %s", SipStatus.StatusType.Name(status_type))
+            log.exception("could not record the status %s", name)
+        log.info(
+            "status %s%s%s",
+            name,
+            f" callee={status.callee_id}" if status.callee_id else "",
+            f" ({description})" if description else "",
+        )
 
     # ----------------------------------------------------------------- accounts
 
