@@ -42,7 +42,6 @@ def test_bad_account_names_are_refused(text: str) -> None:
         ("sip:bob@other.example", "sip:bob@other.example"),
         ("sip:+49301@gw.example;user=phone", "sip:+49301@gw.example;user=phone"),
         ("sip:gw.example:5062;transport=tcp", "sip:gw.example:5062;transport=tcp"),
-        ("sips:bob@other.example", "sips:bob@other.example"),
     ],
 )
 def test_targets_become_sip_uris(target: str, uri: str) -> None:
@@ -53,6 +52,11 @@ def test_targets_become_sip_uris(target: str, uri: str) -> None:
 def test_bad_targets_are_refused(target: str) -> None:
     with pytest.raises(InvalidArgument, match="callee_id"):
         target_uri(target, ACCOUNT, "callee_id")
+
+
+def test_sips_targets_are_refused_without_tls() -> None:
+    with pytest.raises(InvalidArgument, match="TLS"):
+        target_uri("sips:bob@other.example", ACCOUNT, "callee_id")
 
 
 def test_good_headers_pass_unchanged() -> None:

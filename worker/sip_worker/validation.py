@@ -118,11 +118,14 @@ def parse_account_name(account_name: str) -> AccountName:
 def target_uri(target: str, account: AccountName, what: str) -> str:
     """The SIP URI for a call or transfer target given as a SIP URI, `user@host` or bare user.
 
-    A bare user (or number) is placed in the account's domain.
+    A bare user (or number) is placed in the account's domain. sips: URIs are refused: the
+    worker has no TLS transport.
     """
     _check_text(target, what, MAX_TARGET_LENGTH)
     if (uri_match := _TARGET_URI_RE.fullmatch(target)) is not None:
         _check_port(uri_match["port"], what)
+        if uri_match["scheme"].lower() == "sips":
+            raise InvalidArgument(f"{what}: sips: needs SIP over TLS, which this worker lacks")
         return target
     if (address_match := _TARGET_ADDRESS_RE.fullmatch(target)) is not None:
         _check_port(address_match["port"], what)
