@@ -172,3 +172,20 @@ def test_soft_hangup_is_bounded(
     waited = finished.timestamp.ToNanoseconds() - initiated.timestamp.ToNanoseconds()
     assert 0.9e9 <= waited < 10e9
     assert tone_seconds(peer.workdir / "call-1.wav", 1000) < 10.0
+
+
+def test_soft_hangup_while_muted_does_not_wait_for_unheard_audio(
+    session: WorkerProcess, peer: RecordingPeer
+) -> None:
+    call_peer(session, peer)
+    session.stub.PlayWavFiles(
+        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(1000, 1.5)]), timeout=10
+    )
+    session.stub.Mute(Empty(), timeout=10)
+    session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=False), timeout=10)
+
+    initiated = session.wait_for_status("soft_hangup_initiated")
+    finished = session.wait_for_status("outgoing_call_finished", timeout=30)
+    waited = (finished.timestamp.ToNanoseconds() - initiated.timestamp.ToNanoseconds()) / 1e9
+    # Muted audio plays on unheard: the BYE follows its end, well before the 10 s bound.
+    assert 1.0 <= waited < 8.0

@@ -1035,7 +1035,7 @@ class Phone:
             finally:
                 path.unlink(missing_ok=True)
             state.player = player
-            if state.audio is not None and not state.muted:
+            if state.audio is not None:
                 player.startTransmit(state.audio)
             return
 
@@ -1084,19 +1084,21 @@ class Phone:
                 state.audio = call.getAudioMedia(media.index)
                 break
         if state.audio is not None:
+            # The port may be new (re-INVITE): set its level and connect the player again.
             self._apply_mute(state)
+            if state.player is not None:
+                state.player.startTransmit(state.audio)
 
     def _apply_mute(self, state: _CallState) -> None:
-        """Silences (or restores) everything we send: the call port's level and the player."""
-        audio = state.audio
-        if audio is None:
-            return
-        audio.adjustRxLevel(0.0 if state.muted else 1.0)
-        if state.player is not None:
-            if state.muted:
-                state.player.stopTransmit(audio)
-            else:
-                state.player.startTransmit(audio)
+        """Silences (or restores) everything the call sends, queued audio included.
+
+        The level of the call's conference port is what the far end gets. The player stays
+        connected: muted audio plays on unheard, like speech into a muted microphone. (A
+        disconnected player is not pulled by the bridge, so it would pause, and a soft hangup
+        would wait for audio nobody hears.)
+        """
+        if state.audio is not None:
+            state.audio.adjustRxLevel(0.0 if state.muted else 1.0)
 
     def mute(self) -> None:
         self._on_sip_thread(lambda: self._set_muted(True))
