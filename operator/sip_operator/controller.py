@@ -79,6 +79,14 @@ class Session:
     last_failure: str | None = None
     registered: bool = False
 
+    parsed: tuple[int, SessionSpec] | None = None  # (generation, its spec)
+
+    def spec(self) -> SessionSpec:
+        """The typed spec of the current generation (parsed once per generation)."""
+        if self.parsed is None or self.parsed[0] != self.generation:
+            self.parsed = (self.generation, parse_spec(self.body.get("spec") or {}))
+        return self.parsed[1]
+
     @property
     def ref(self) -> SessionRef:
         metadata = self.body["metadata"]
@@ -109,8 +117,10 @@ class SessionController:
         mirror: StatusMirror,
         settings: OperatorSettings,
         post_event: PostEvent,
+        finalizer: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._finalizer = finalizer
         self._kube = kube
         self._mirror = mirror
         self._settings = settings
@@ -269,10 +279,15 @@ class SessionController:
 
     async def _reconcile(self, session: Session) -> float | None:
         """One pass; returns when to look again (None: only when something changes)."""
-        if session.body["metadata"].get("deletionTimestamp"):
+        metadata = session.body["metadata"]
+        if metadata.get("deletionTimestamp"):
             return None  # finalize() takes it from here
+        if self._finalizer not in (metadata.get("finalizers") or []):
+            # kopf adds it first; writing before that would only make its patch conflict,
+            # and whatever is created must be cleaned up on deletion.
+            return None
         try:
-            spec = parse_spec(session.body.get("spec") or {})
+            spec = session.spec()
         except SpecError as error:
             session.problem = f"invalid spec: {error}"
             await self._publish(session, None)
@@ -318,7 +333,7 @@ class SessionController:
             await self._kube.delete_pod(namespace, pod.name)
             await self._publish(session, spec)
             return None
-        if pod.spec_hash != spec.fingerprint():
+        if pod.spec_hash != spec.fingerprint:
             session.replacing = True
             session.deleting_pod_uid = pod.uid
             await self._kube.delete_pod(namespace, pod.name)

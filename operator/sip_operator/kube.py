@@ -1,9 +1,11 @@
 """The Kubernetes API calls the controller makes, as coroutines over the official client.
 
-The kubernetes client is synchronous; its calls run in a small thread pool so that many
-sessions reconcile at once without blocking kopf's event loop. Replies are read as plain
-JSON (no model objects). Errors are reduced to status and reason: an API error body can echo
-what was sent, and what is sent can be a Secret.
+Requests go through the kubernetes client's ApiClient (its configuration, authentication,
+TLS and connection pool) with plain JSON bodies and replies: the typed wrappers would validate
+every body into models and back, which costs more CPU than the request itself. The client is
+synchronous; calls run in a small thread pool so that many sessions reconcile at once without
+blocking kopf's event loop. Errors are reduced to status and reason: an API error body can
+echo what was sent, and what is sent can be a Secret.
 """
 
 import asyncio
@@ -18,6 +20,13 @@ import kubernetes
 
 from sip_operator.session_spec import GROUP, PLURAL, VERSION
 
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+# The client's config loaders carry no annotations.
+_load_incluster_config: Callable[..., None] = kubernetes.config.load_incluster_config
+_load_kube_config: Callable[..., None] = kubernetes.config.load_kube_config
+
 
 class KubeError(Exception):
     """An API call failed; the message holds the HTTP status and reason, never the body."""
@@ -31,11 +40,6 @@ class AlreadyExists(KubeError):
     pass
 
 
-# The client's config loaders carry no annotations.
-_load_incluster_config: Callable[..., None] = kubernetes.config.load_incluster_config
-_load_kube_config: Callable[..., None] = kubernetes.config.load_kube_config
-
-
 def _load_configuration(pool_size: int) -> Any:
     configuration = kubernetes.client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -46,50 +50,96 @@ def _load_configuration(pool_size: int) -> Any:
     return configuration
 
 
+def _core_path(kind: str, named: bool) -> str:
+    path = f"/api/v1/namespaces/{{namespace}}/{kind}"
+    return path + "/{name}" if named else path
+
+
 class KubeApi:
     """Pods, Services, Secrets and SipSession status of one cluster."""
 
-    def __init__(self, pool_size: int = 8) -> None:
-        api_client = kubernetes.client.ApiClient(_load_configuration(pool_size))
-        self._core = kubernetes.client.CoreV1Api(api_client)
-        self._custom = kubernetes.client.CustomObjectsApi(api_client)
-        self._close_client: Callable[[], None] = api_client.close
+    def __init__(self, pool_size: int = 16) -> None:
+        self._client = kubernetes.client.ApiClient(_load_configuration(pool_size))
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube-api")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._close_client()
+        close: Callable[[], None] = self._client.close
+        close()
 
-    async def _call(self, action: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Runs `function(*args)` in the pool; returns the decoded JSON reply."""
-        call = functools.partial(function, *args, _preload_content=False)
-        try:
-            response = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except kubernetes.client.ApiException as error:
-            status = int(error.status or 0)
-            kind = AlreadyExists if status == 409 else KubeError
-            raise kind(action, status, str(error.reason or "")) from None
-        data = response.data
+    def _request(
+        self,
+        method: str,
+        path: str,
+        path_params: dict[str, str],
+        body: Any,
+        content_type: str,
+    ) -> tuple[int, str, bytes]:
+        """One blocking request: HTTP status, reason and the reply's body."""
+        request = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            path_params=path_params,
+            header_params={"Accept": JSON, "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._client.call_api(*request)
+        read: Callable[[], bytes | None] = response.read  # unannotated in the client
+        return int(response.status), str(response.reason or ""), read() or b""
+
+    async def _call(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        path_params: dict[str, str],
+        body: Any = None,
+        content_type: str = JSON,
+    ) -> Any:
+        """The decoded JSON reply; AlreadyExists for 409, KubeError for other errors."""
+        call = functools.partial(self._request, method, path, path_params, body, content_type)
+        loop = asyncio.get_running_loop()
+        status, reason, data = await loop.run_in_executor(self._executor, call)
+        if status == 409:
+            raise AlreadyExists(action, status, reason)
+        if not 200 <= status <= 299:
+            raise KubeError(action, status, reason)
         return json.loads(data) if data else {}
 
-    async def _create(self, kind: str, function: Callable[..., Any], body: dict[str, Any]) -> Any:
-        namespace = body["metadata"]["namespace"]
-        name = body["metadata"]["name"]
-        return await self._call(f"create {kind} {namespace}/{name}", function, namespace, body)
+    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        created: dict[str, Any] = await self._call(
+            f"create {kind} {namespace}/{name}",
+            "POST",
+            _core_path(kind, named=False),
+            {"namespace": namespace},
+            body,
+        )
+        return created
 
-    async def _read(
-        self, kind: str, function: Callable[..., Any], namespace: str, name: str
-    ) -> Any:
+    async def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._call(f"read {kind} {namespace}/{name}", function, name, namespace)
+            found: dict[str, Any] = await self._call(
+                f"read {kind} {namespace}/{name}",
+                "GET",
+                _core_path(kind, named=True),
+                {"namespace": namespace, "name": name},
+            )
         except KubeError as error:
             if error.status == 404:
                 return None
             raise
+        return found
 
-    async def _delete(self, kind: str, function: Callable[..., Any], ns: str, name: str) -> bool:
+    async def _delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
-            await self._call(f"delete {kind} {ns}/{name}", function, name, ns)
+            await self._call(
+                f"delete {kind} {namespace}/{name}",
+                "DELETE",
+                _core_path(kind, named=True),
+                {"namespace": namespace, "name": name},
+            )
         except KubeError as error:
             if error.status == 404:
                 return False
@@ -97,59 +147,44 @@ class KubeApi:
         return True
 
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._create("pod", self._core.create_namespaced_pod, body)
-        return result
+        return await self._create("pods", body)
 
     async def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._create(
-            "service", self._core.create_namespaced_service, body
-        )
-        return result
+        return await self._create("services", body)
 
     async def create_secret(self, body: dict[str, Any]) -> None:
-        await self._create("secret", self._core.create_namespaced_secret, body)
+        await self._create("secrets", body)
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self._read(
-            "pod", self._core.read_namespaced_pod, namespace, name
-        )
-        return result
+        return await self._read("pods", namespace, name)
 
     async def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self._read(
-            "service", self._core.read_namespaced_service, namespace, name
-        )
-        return result
+        return await self._read("services", namespace, name)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret with its data: callers look at keys and must never log values."""
-        result: dict[str, Any] | None = await self._read(
-            "secret", self._core.read_namespaced_secret, namespace, name
-        )
-        return result
+        return await self._read("secrets", namespace, name)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Deletes with the pod's own grace period, so the worker shuts down softly."""
-        return await self._delete("pod", self._core.delete_namespaced_pod, namespace, name)
+        return await self._delete("pods", namespace, name)
 
     async def delete_service(self, namespace: str, name: str) -> bool:
-        return await self._delete("service", self._core.delete_namespaced_service, namespace, name)
+        return await self._delete("services", namespace, name)
 
     async def delete_secret(self, namespace: str, name: str) -> bool:
-        return await self._delete("secret", self._core.delete_namespaced_secret, namespace, name)
+        return await self._delete("secrets", namespace, name)
 
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patches `.status` through the status subresource; False if the session is gone."""
         try:
             await self._call(
                 f"patch sipsession {namespace}/{name} status",
-                self._custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
+                "PATCH",
+                f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
+                {"namespace": namespace, "name": name},
                 {"status": status},
+                MERGE_PATCH,
             )
         except KubeError as error:
             if error.status == 404:

@@ -217,7 +217,7 @@ def build_pod(
     names = child_names(session.name)
     metadata = _metadata(session, names.pod)
     metadata["annotations"] = {
-        ANNOTATION_SPEC_HASH: spec.fingerprint(),
+        ANNOTATION_SPEC_HASH: spec.fingerprint,
         ANNOTATION_GENERATION: str(generation),
     }
     grpc_probe = {"grpc": {"port": settings.grpc_port}}

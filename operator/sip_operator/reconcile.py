@@ -30,15 +30,26 @@ def _post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -
     kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=kind, reason=reason, message=message)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no last-handled spec: the controller is level-based and never diffs specs.
+
+    kopf would otherwise write an annotation on every spec change, a write for nothing.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Our own events say what matters; kopf's per-handler INFO chatter stays in the log only.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "sip-operator"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
 
@@ -49,7 +60,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     configure_kopf(settings)
     kube = KubeApi()
     mirror = StatusMirror(operator_settings.redis_url, operator_settings.redis_password)
-    controller = SessionController(kube, mirror, operator_settings, _post_event)
+    controller = SessionController(kube, mirror, operator_settings, _post_event, FINALIZER)
     memo.kube = kube
     memo.mirror = mirror
     memo.controller = controller

@@ -4,6 +4,7 @@ The CRD schema refuses bad specs at admission; this parser still checks what the
 relies on, so an object admitted without the schema (or an older one) fails clearly.
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -63,6 +64,7 @@ class SessionSpec:
         default_factory=lambda: parse_duration(DEFAULT_RETAIN_AFTER_DELETION)
     )
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Changes exactly when the worker pod has to be replaced (retention does not count)."""
         fields = asdict(self)

@@ -50,6 +50,9 @@ SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 EVENTS = "v1/events"
 
+_ONE_OBJECT_ACTIONS = frozenset(
+    {enums.action.FETCH, enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE}
+)
 _ALL_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch", "delete"})
 _CONFLICT = (
     "Operation cannot be fulfilled: the object has been modified; "
@@ -235,6 +238,8 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         elif resource is not None and request.action == enums.action.DELETE and request.name:
             owner_before = await self._mark_deletion(request)
         try:
+            if request.action in _ONE_OBJECT_ACTIONS and request.resource in self.resources:
+                return await self._apply_and_serve(request)
             response: aiohttp.web.StreamResponse = await super()._handle(request)
             if request.action == enums.action.CREATE and response.status == 200:
                 response.set_status(201)  # as the apiserver; clients decode create replies by it
@@ -253,6 +258,53 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if key in self._objects and self._objects[key].deleted:
                     await self._collect_dependents(owner_before)
 
+    async def _apply_and_serve(self, request: Any) -> aiohttp.web.StreamResponse:
+        """kmock's own state change for get/create/patch/delete of one object, and the reply.
+
+        The same as kmock's KubernetesEmulator._handle plus its _serve_* fallbacks, without
+        matching every request against every reaction (most of an emulated request's cost).
+        """
+        action, resource = request.action, request.resource
+        bus = self._buses[resource]
+        released = None
+        async with self._lock:
+            if action == enums.action.CREATE:
+                meta = request.data.get("metadata", {})
+                key = (resource, request.namespace or meta.get("namespace"), meta.get("name"))
+                if key not in self._objects:
+                    self._objects[key] = request.data
+                elif not self._objects[key].deleted:
+                    raise kmock.KubernetesError(
+                        status=409, reason="AlreadyExists", message=f"{key[2]} already exists"
+                    )
+                else:
+                    self._objects[key].create(request.data)
+                obj = self._objects[key]
+                await bus.put({"type": "ADDED", "object": obj.last.raw})
+            else:
+                obj = self._stored(resource, request.namespace, request.name)
+                if obj is None or obj.deleted:
+                    raise kmock.KubernetesObjectNotFoundError()
+                if action == enums.action.UPDATE:
+                    obj.patch(request.data)
+                    await bus.put({"type": "MODIFIED", "object": obj.raw})
+                elif action == enums.action.DELETE and not obj.get("metadata", {}).get(
+                    "deletionTimestamp"
+                ):
+                    obj.delete()  # (with finalizers, _mark_deletion has marked it instead)
+                    await bus.put({"type": "DELETED", "object": obj.last.raw})
+            payload = obj.raw if action in (enums.action.CREATE, enums.action.FETCH) else None
+            if payload is None:
+                payload = obj.last.raw
+                meta = {} if obj.deleted else obj.get("metadata", {})
+                if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                    released = obj  # finalizers gone: the deletion completes now
+            if released is not None:
+                released.delete()
+                await bus.put({"type": "DELETED", "object": payload})
+        status = 201 if action == enums.action.CREATE else 200
+        return aiohttp.web.json_response(payload, status=status)
+
     def _stamp_new(self, request: Any) -> None:
         if not isinstance(request.data, dict):
             return
@@ -267,10 +319,8 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         meta["generation"] = 1
 
     async def _stamp_update(self, request: Any) -> dict[str, Any] | None:
-        key = (request.resource, request.namespace, request.name)
         async with self._lock:
-            # kmock's ObjectsArray has no .get()
-            current = self._objects[key] if key in self._objects else None  # noqa: SIM401
+            current = self._stored(request.resource, request.namespace, request.name)
             if current is not None and current.deleted:
                 current = None
             before = current.raw if current is not None else None
@@ -343,6 +393,11 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     gone.append(raw)
         for raw in gone:
             await self._collect_dependents(raw)
+
+    def _stored(self, resource: Any, namespace: str | None, name: str | None) -> Any:
+        """The stored object (deleted or not) or None; ObjectsArray has no .get()."""
+        key = (resource, namespace, name)
+        return self._objects[key] if key in self._objects else None  # noqa: SIM401
 
     async def _serve_version(self, request: Any) -> Any:
         data = await super()._serve_version(request)
