@@ -185,6 +185,7 @@ class SessionController:
             if session.pod is not None and session.pod.uid != uid:
                 return  # an older pod's late news
             session.pod = None
+            session.children_ready = False  # re-check token Secret and Service with the new pod
             if uid != session.deleting_pod_uid:
                 session.pod_failures += 1
                 delay = self._settings.backoff(session.pod_failures)
