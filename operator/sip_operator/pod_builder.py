@@ -167,7 +167,7 @@ def _worker_env(
         _env("SIP_WORKER_ACCOUNT", spec.account_name),
         _secret_env("SIP_WORKER_PASSWORD", spec.password_ref.name, spec.password_ref.key),
         _env("SIP_WORKER_SESSION_KEY", f"{session.namespace}/{session.name}"),
-        _env("SIP_WORKER_REDIS_URL", settings.redis_url),
+        _env("SIP_WORKER_REDIS_URL", settings.worker_redis_url),
         _env("SIP_WORKER_HISTORY_MAX_LEN", str(spec.history_max_length)),
         _env("SIP_WORKER_AUTO_ANSWER_INTERVAL", str(spec.auto_answer_interval)),
         _env("SIP_WORKER_START_SESSION", "true" if spec.start_session else "false"),

@@ -27,6 +27,8 @@ class SecretKeyRef:
 @dataclass(frozen=True)
 class OperatorSettings:
     redis_url: str = "redis://localhost:6379/0"
+    # What workers get (the same server, seen from inside the cluster); default: redis_url.
+    worker_redis_url: str = "redis://localhost:6379/0"
     # The operator's own Redis password (env REDIS_PASSWORD); kept out of repr and logs.
     redis_password: str | None = field(default=None, repr=False)
     # The Secret (in each session's namespace) that gives workers their REDIS_PASSWORD.
@@ -86,15 +88,15 @@ def _port(environ: Mapping[str, str], name: str, default: int, allow_zero: bool 
     return int(value)
 
 
-def _redis_url(environ: Mapping[str, str]) -> str:
-    url = _text(environ, "REDIS_URL", OperatorSettings.redis_url)
+def _redis_url(environ: Mapping[str, str], name: str, default: str) -> str:
+    url = _text(environ, name, default)
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"{ENV_PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        raise SettingsError(f"{ENV_PREFIX}{name} must be a redis://, rediss:// or unix:// URL")
     if parsed.password:
-        # It would be copied into every worker pod's spec: refuse it, without echoing it.
+        # A worker's URL would be copied into its pod spec: refuse it, without echoing it.
         raise SettingsError(
-            f"{ENV_PREFIX}REDIS_URL must not contain a password: set {REDIS_PASSWORD_ENV} for "
+            f"{ENV_PREFIX}{name} must not contain a password: set {REDIS_PASSWORD_ENV} for "
             f"the operator and {ENV_PREFIX}REDIS_PASSWORD_SECRET for the workers"
         )
     return url
@@ -110,8 +112,10 @@ def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
             f"{ENV_PREFIX}WORKER_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never"
         )
     backoff_base = _number(environ, "BACKOFF_BASE", 1.0, 0.01, 3600)
+    redis_url = _redis_url(environ, "REDIS_URL", OperatorSettings.redis_url)
     return OperatorSettings(
-        redis_url=_redis_url(environ),
+        redis_url=redis_url,
+        worker_redis_url=_redis_url(environ, "WORKER_REDIS_URL", redis_url),
         redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
         redis_password_secret=SecretKeyRef(secret_name, secret_key) if secret_name else None,
         worker_image=_text(environ, "WORKER_IMAGE", OperatorSettings.worker_image),

@@ -43,7 +43,15 @@ def test_settings_defaults_and_environment() -> None:
             "REDIS_PASSWORD": "pw",
         }
     )
-    assert settings.redis_url == "redis://redis.sip:6379/2"
+    assert settings.redis_url == settings.worker_redis_url == "redis://redis.sip:6379/2"
+    laptop = load_settings(
+        {
+            "SIP_OPERATOR_REDIS_URL": "redis://localhost:16379/0",
+            "SIP_OPERATOR_WORKER_REDIS_URL": "redis://redis.sip.svc:6379/0",
+        }
+    )
+    assert laptop.redis_url == "redis://localhost:16379/0"
+    assert laptop.worker_redis_url == "redis://redis.sip.svc:6379/0"
     assert settings.worker_image == "registry/sip-worker:1.2"
     assert settings.grpc_port == 50100
     assert settings.redis_password_secret is not None
@@ -57,6 +65,7 @@ def test_settings_defaults_and_environment() -> None:
         ({"SIP_OPERATOR_GRPC_PORT": "70000"}, "SIP_OPERATOR_GRPC_PORT"),
         ({"SIP_OPERATOR_GRPC_PORT": "grpc"}, "must be a number"),
         ({"SIP_OPERATOR_REDIS_URL": "http://x"}, "redis://"),
+        ({"SIP_OPERATOR_WORKER_REDIS_URL": "redis://:pw@r/0"}, "WORKER_REDIS_URL"),
         ({"SIP_OPERATOR_WORKER_IMAGE": " "}, "must not be empty"),
         ({"SIP_OPERATOR_BACKOFF_BASE": "5", "SIP_OPERATOR_BACKOFF_MAX": "1"}, "BACKOFF_MAX"),
     ],
