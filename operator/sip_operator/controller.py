@@ -118,14 +118,12 @@ class SessionController:
         settings: OperatorSettings,
         post_event: PostEvent,
         finalizer: str,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._finalizer = finalizer
         self._kube = kube
         self._mirror = mirror
         self._settings = settings
         self._post_event = post_event
-        self._clock = clock
         self.sessions: dict[SessionKey, Session] = {}
 
     # ---- news from the watches and the status mirror: record it, wake the session ----
@@ -176,11 +174,12 @@ class SessionController:
         if owner is None:
             return
         session = self.sessions.get((str(metadata.get("namespace")), str(owner.get("name"))))
-        if session is None or session.ref.uid != owner_uid:
-            return
-        if metadata.get("name") != child_names(session.key[1]).pod:
+        if session is None or metadata.get("name") != child_names(session.key[1]).pod:
             return
         uid = str(metadata.get("uid", ""))
+        adopted = session.pod is not None and session.pod.uid == uid
+        if session.ref.uid != owner_uid and not adopted:
+            return  # a deleted namesake's pod, not (yet) looked at by this session
         if event_type == "DELETED":
             if session.pod is not None and session.pod.uid != uid:
                 return  # an older pod's late news
@@ -189,7 +188,7 @@ class SessionController:
             if uid != session.deleting_pod_uid:
                 session.pod_failures += 1
                 delay = self._settings.backoff(session.pod_failures)
-                session.not_before = self._clock() + delay
+                session.not_before = time.monotonic() + delay
                 session.waiting = f"worker pod {metadata.get('name')} was deleted; recreating it"
             session.deleting_pod_uid = None
         else:
@@ -301,7 +300,7 @@ class SessionController:
         pod = session.pod
         if pod is not None:
             return await self._check_pod(session, spec, pod)
-        wait = session.not_before - self._clock()
+        wait = session.not_before - time.monotonic()
         if wait > 0:
             await self._publish(session, spec)
             return wait
@@ -327,7 +326,7 @@ class SessionController:
         if pod.failed:
             session.pod_failures += 1
             delay = self._settings.backoff(session.pod_failures)
-            session.not_before = self._clock() + delay
+            session.not_before = time.monotonic() + delay
             reason = f": {pod.reason}" if pod.reason else ""
             session.problem = f"worker pod {pod.name} failed{reason}; recreating it"
             session.deleting_pod_uid = pod.uid

@@ -331,3 +331,46 @@ def test_only_the_watched_namespace_is_reconciled(
     wait_for(lambda: cluster.pods(namespace).get("sip-alice"), what="the watched one's pod")
     cluster.wait_phase(namespace, "alice", "Pending")
     assert cluster.pods(other) == {} and cluster.status(other, "alice") == {}
+
+
+def test_leftovers_of_a_deleted_namesake_are_replaced_and_strangers_left_alone(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    stale_owner = [
+        {"apiVersion": "sip-operator.dev/v1alpha1", "kind": "SipSession", "name": "alice"}
+        | {"uid": "uid-of-a-deleted-alice", "controller": True}
+    ]
+    container = {"name": "sip-worker", "image": "old"}
+    cluster.core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {
+                "name": "sip-alice",
+                "labels": MANAGED_LABELS,
+                "ownerReferences": stale_owner,
+            },
+            "spec": {"containers": [container]},
+        },
+    )
+    cluster.create_secret(namespace, "sip-alice-token", {"token": "old-token"})
+    cluster.core.patch_namespaced_secret(
+        "sip-alice-token", namespace, {"metadata": {"ownerReferences": stale_owner}}
+    )
+    cluster.core.create_namespaced_pod(
+        namespace, {"metadata": {"name": "sip-bob"}, "spec": {"containers": [container]}}
+    )
+
+    alice = cluster.create_session(namespace, "alice", account_spec())
+    cluster.create_session(namespace, "bob", account_spec())
+
+    def replaced() -> bool:
+        pod = cluster.pods(namespace).get("sip-alice")
+        token = cluster.secrets(namespace).get("sip-alice-token")
+        return bool(pod and token and _owned_by(pod, alice) and _owned_by(token, alice))
+
+    wait_for(replaced, what="alice's leftovers replaced by her own pod and token")
+    token = cluster.secrets(namespace)["sip-alice-token"]
+    assert base64.b64decode(token["data"]["token"]) != b"old-token"
+    cluster.wait_phase(namespace, "bob", "Failed")
+    assert "not controlled by this SipSession" in cluster.status(namespace, "bob")["message"]
+    assert "ownerReferences" not in cluster.pods(namespace)["sip-bob"]["metadata"]
