@@ -213,6 +213,10 @@ def test_a_deleted_pod_is_recreated(
     assert len(cluster.pods(namespace)) == 1
     assert second["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
     wait_for(lambda: cluster.event_reasons(namespace, "alice").count("PodCreated") == 2)
+    messages = [e["message"] for e in cluster.events(namespace, "alice")]
+    assert "created worker pod sip-alice (before: worker pod sip-alice was deleted" in " ".join(
+        messages
+    )
 
 
 def test_a_failed_pod_is_replaced_and_the_session_recovers(
