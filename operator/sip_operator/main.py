@@ -6,6 +6,7 @@ the in-cluster service account, else from $KUBECONFIG / ~/.kube/config.
 """
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sip-operator: {error}", file=sys.stderr)
         return 2
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO; the controller logs what changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = kopf.OperatorSettings()
     reconcile.configure_kopf(settings)
     if namespaces and not any(_is_pattern(ns) for ns in namespaces):
