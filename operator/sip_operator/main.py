@@ -1,13 +1,19 @@
 """`sip-operator`: runs the kopf operator that turns SipSessions into worker pods.
 
-Where to watch and how to log are flags (each also an environment variable); what to run is
-configured by SIP_OPERATOR_* variables (see settings.py). The Kubernetes connection comes from
-the in-cluster service account, else from $KUBECONFIG / ~/.kube/config.
+Where to watch, how to peer and how to log are flags (each also an environment variable); what
+to run is configured by SIP_OPERATOR_* variables (see settings.py). The Kubernetes connection
+comes from the in-cluster service account, else from $KUBECONFIG / ~/.kube/config.
+
+Replicas peer through a kopf peering object: the one with the highest priority serves, the
+others stand by. kopf pauses every operator that sees a live peer of the same priority, so
+each process takes its own (random unless --priority says otherwise).
 """
 
 import argparse
 import logging
 import os
+import random
+import re
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +28,9 @@ LOG_FORMATS = {
     "json": kopf.LogFormat.JSON,
 }
 _TRUE = ("1", "true", "yes", "on")
+_PEERING_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# Random priorities: positive 32-bit integers (never 0, the priority of an operator given none).
+_PRIORITY_LIMIT = 2**31
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -58,6 +67,23 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f"[env {ENV_PREFIX}STANDALONE=true]",
     )
     parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        default=env("PEERING") or None,
+        help="peer with the other replicas through the KopfPeering NAME in each watched "
+        "namespace (ClusterKopfPeering NAME with --all-namespaces), which must exist; without "
+        "it (and without --standalone) kopf peers through 'default' if that exists "
+        f"[env {ENV_PREFIX}PEERING]",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        default=env("PRIORITY") or None,
+        help="this replica's peering priority: the highest serves, the others stand by "
+        f"(default: random, so that no two replicas tie) [env {ENV_PREFIX}PRIORITY]",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=env("LIVENESS") or None,
@@ -80,19 +106,46 @@ def _is_pattern(namespace: str) -> bool:
     return any(char in namespace for char in "*?[!,")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    environ = os.environ
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line and SIP_OPERATOR_* flags, checked; exits with usage on an error."""
     parser = build_parser(environ)
     args = parser.parse_args(argv)
-    namespaces: list[str] = args.namespaces or [
+    args.namespaces = args.namespaces or [
         ns.strip() for ns in environ.get(ENV_PREFIX + "NAMESPACES", "").split(",") if ns.strip()
     ]
     if args.all_namespaces and args.namespaces:
         parser.error("give either --namespace or --all-namespaces")
-    if not namespaces and not args.all_namespaces:
+    if not args.namespaces and not args.all_namespaces:
         parser.error("give --namespace NS (repeatable) or --all-namespaces")
     if args.log_format not in LOG_FORMATS:
         parser.error(f"--log-format must be one of {', '.join(sorted(LOG_FORMATS))}")
+    if args.standalone and args.peering:
+        parser.error("give either --standalone or --peering NAME")
+    if args.peering is not None and not _PEERING_NAME.fullmatch(args.peering):
+        parser.error("--peering must be a Kubernetes object name (lowercase, digits, '-', '.')")
+    return args
+
+
+def kopf_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
+    """kopf's settings for these arguments (kopf.run is then given no overriding ones)."""
+    settings = kopf.OperatorSettings()
+    reconcile.configure_kopf(settings)
+    if args.namespaces and not any(_is_pattern(ns) for ns in args.namespaces):
+        # Fixed namespaces need no namespace scanning (and no RBAC to list namespaces).
+        settings.scanning.disabled = True
+    settings.peering.standalone = bool(args.standalone)
+    if args.peering:
+        settings.peering.name = args.peering
+        settings.peering.mandatory = True  # a missing peering object pauses, never runs alone
+    settings.peering.priority = (
+        args.priority if args.priority is not None else random.randrange(1, _PRIORITY_LIMIT)
+    )
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    environ = os.environ
+    args = parse_args(argv, environ)
     try:
         load_settings(environ)  # fail here, clearly, rather than in kopf's startup
     except SettingsError as error:
@@ -102,17 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO; the controller logs what changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings = kopf.OperatorSettings()
-    reconcile.configure_kopf(settings)
-    if namespaces and not any(_is_pattern(ns) for ns in namespaces):
-        # Fixed namespaces need no namespace scanning (and no RBAC to list namespaces).
-        settings.scanning.disabled = True
     kopf.run(
         clusterwide=bool(args.all_namespaces),
-        namespaces=[] if args.all_namespaces else namespaces,
-        standalone=bool(args.standalone),
+        namespaces=[] if args.all_namespaces else args.namespaces,
         liveness_endpoint=args.liveness,
-        settings=settings,
+        settings=kopf_settings(args),
     )
     return 0
 

@@ -180,12 +180,36 @@ def test_peering_across_the_cluster_uses_a_cluster_peering_object() -> None:
     assert not of_kind(manifests, "KopfPeering")
 
 
-def test_the_peering_object_has_the_name_the_operator_peers_under() -> None:
-    """The operator passes no peering name to kopf, so kopf looks for its default one."""
+def _rendered_kopf_settings(manifests: list[Manifest]) -> Any:
+    """The kopf settings the operator builds from the rendered container's args and env."""
+    from sip_operator.main import kopf_settings, parse_args
+
+    container = _operator_container(manifests)
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    return kopf_settings(parse_args(container["args"], environ))
+
+
+@pytest.mark.parametrize("values", [PEERING_ALL_NAMESPACES, PEERING_NAMESPACED])
+def test_the_peering_objects_have_the_name_the_operator_peers_under(
+    values: dict[str, Any],
+) -> None:
+    """A release-specific name (not kopf's "default"), mandatory: no replica runs alone."""
     import kopf
 
-    peering = one_of_kind(render(PEERING_ALL_NAMESPACES), "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == kopf.OperatorSettings().peering.name
+    manifests = render(values)
+    settings = _rendered_kopf_settings(manifests)
+    peerings = of_kind(manifests, "ClusterKopfPeering") + of_kind(manifests, "KopfPeering")
+    assert peerings
+    assert {p["metadata"]["name"] for p in peerings} == {settings.peering.name}
+    assert settings.peering.name == "demo-sip-operator" != kopf.OperatorSettings().peering.name
+    assert settings.peering.mandatory and not settings.peering.standalone
+
+
+def test_replicas_peer_with_distinct_priorities() -> None:
+    """kopf pauses every operator that sees a live peer of its own priority."""
+    manifests = render(PEERING_NAMESPACED)
+    priorities = {_rendered_kopf_settings(manifests).peering.priority for _ in range(20)}
+    assert len(priorities) == 20 and 0 not in priorities
 
 
 def test_watched_namespaces_get_the_worker_network_policy_and_redis_secret() -> None:
@@ -225,12 +249,12 @@ def test_the_operator_accepts_the_rendered_arguments_and_environment(
     values: dict[str, Any],
 ) -> None:
     """The chart speaks the operator's interface: its own parser and settings loader agree."""
-    from sip_operator.main import build_parser
+    from sip_operator.main import parse_args
     from sip_operator.settings import load_settings
 
     container = _operator_container(render(values))
     environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
-    args = build_parser(environ).parse_args(container["args"])
+    args = parse_args(container["args"], environ)
     settings = load_settings(environ)
 
     watch = values.get("watch", {})
@@ -238,7 +262,9 @@ def test_the_operator_accepts_the_rendered_arguments_and_environment(
         assert args.all_namespaces and not args.namespaces
     else:
         assert args.namespaces == (watch.get("namespaces") or [NAMESPACE])
-    assert args.standalone == (values.get("operator", {}).get("replicas", 1) == 1)
+    single = values.get("operator", {}).get("replicas", 1) == 1
+    assert args.standalone == single
+    assert args.peering == (None if single else "demo-sip-operator")
     assert args.liveness == "http://0.0.0.0:8080/healthz"
     assert settings.worker_image == "sip-worker:0.1.0"
     assert (settings.grpc_port, settings.sip_port, settings.metrics_port) == (50099, 5060, 9464)

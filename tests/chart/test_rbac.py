@@ -28,6 +28,7 @@ from kubernetes.config import kube_config
 
 from sip_operator import session_spec
 from sip_operator.kube import KubeApi
+from sip_operator.main import kopf_settings, parse_args
 from tests.chart.rendering import (
     EXTERNAL_ALL_NAMESPACES,
     NAMESPACE,
@@ -259,12 +260,26 @@ def test_peering_adds_only_the_peering_objects() -> None:
     assert granted(cluster_role) == expected
 
 
-def test_the_operator_patches_only_its_own_peering_object() -> None:
-    (cluster_role,) = of_kind(render(PEERING_ALL_NAMESPACES), "ClusterRole")
-    patch_rules = [r for r in cluster_role["rules"] if "clusterkopfpeerings" in r["resources"]]
-    patching = [r for r in patch_rules if "patch" in r["verbs"]]
-    own = [kopf.OperatorSettings().peering.name]  # the operator gives kopf no other name
-    assert patching and all(r.get("resourceNames") == own for r in patching)
+@pytest.mark.parametrize(
+    ("values", "kind", "resource"),
+    [
+        (PEERING_ALL_NAMESPACES, "ClusterRole", "clusterkopfpeerings"),
+        (PEERING_NAMESPACED, "Role", "kopfpeerings"),
+    ],
+)
+def test_the_operator_patches_only_its_own_peering_object(
+    values: dict[str, Any], kind: str, resource: str
+) -> None:
+    manifests = render(values)
+    deployment = of_kind(manifests, "Deployment")[0]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    own = [kopf_settings(parse_args(container["args"], environ)).peering.name]
+    assert own != [kopf.OperatorSettings().peering.name]
+    for role in of_kind(manifests, kind):
+        rules = [r for r in role["rules"] if resource in r["resources"]]
+        patching = [r for r in rules if "patch" in r["verbs"]]
+        assert patching and all(r.get("resourceNames") == own for r in patching)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())

@@ -49,6 +49,7 @@ PODS = "v1/pods"
 SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 EVENTS = "v1/events"
+KOPF_PEERINGS = "kopf.dev/v1/kopfpeerings"
 
 _ONE_OBJECT_ACTIONS = frozenset(
     {enums.action.FETCH, enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE}
@@ -490,6 +491,10 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
             subresources={"status"} if has_status else set(),
             verbs=set(_ALL_VERBS),
         )
+    # kopf's peering objects (a plain .status, no subresource), for operators not --standalone.
+    emulator.resources[KOPF_PEERINGS] = kmock.ResourceInfo(
+        kind="KopfPeering", singular="kopfpeering", namespaced=True, verbs=set(_ALL_VERBS)
+    )
     # kopf waits until namespaces are discoverable (kmock cannot serve them as objects).
     emulator.resources["v1/namespaces"] = kmock.ResourceInfo(
         kind="Namespace", singular="namespace", namespaced=False, verbs={"get", "list", "watch"}

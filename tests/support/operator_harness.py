@@ -165,11 +165,14 @@ class OperatorProcess:
         env.update(extra)
         return env
 
-    def start(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
+    def start(
+        self, args: list[str], env: Mapping[str, str] | None = None, standalone: bool = True
+    ) -> None:
         assert shutil.which(str(OPERATOR_BIN)), f"{OPERATOR_BIN} is not installed"
+        scope = ["--standalone"] if standalone else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(OPERATOR_BIN), "--standalone", "--verbose", *args],
+                [str(OPERATOR_BIN), *scope, "--verbose", *args],
                 env=self.environment(env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,

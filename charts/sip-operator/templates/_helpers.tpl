@@ -51,10 +51,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- gt (int .Values.operator.replicas) 1 | ternary "true" "" -}}
 {{- end -}}
 
-{{/* The kopf peering object the operator replicas share: kopf's default name, since the
-operator takes no --peering flag. */}}
+{{/* The kopf peering object the operator replicas share (their --peering): named after the
+release, so that another kopf operator's "default" peering neither pauses nor is paused by it. */}}
 {{- define "sip-operator.peeringName" -}}
-default
+{{- include "sip-operator.fullname" . -}}
 {{- end -}}
 
 {{- define "sip-operator.redisName" -}}

@@ -1,0 +1,141 @@
+"""Replicas with kopf peering: each has its own priority, one serves, and it hands over."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sip_operator.main import kopf_settings, parse_args
+from tests.support.operator_harness import Cluster, OperatorProcess, account_spec, wait_for
+from tests.support.redis_server import RedisServer
+
+PEERING = "sip-test-peering"
+
+
+def test_each_process_takes_its_own_nonzero_priority() -> None:
+    """Without distinct priorities kopf pauses every replica (kopf's default is 0 for all)."""
+    args = parse_args(["-n", "calls", "--peering", PEERING], {})
+    priorities = {kopf_settings(args).peering.priority for _ in range(50)}
+    assert len(priorities) == 50 and min(priorities) > 0
+
+
+def test_peering_settings_from_flags_and_environment() -> None:
+    peered = kopf_settings(parse_args(["-n", "calls", "--peering", PEERING, "--priority", "7"], {}))
+    assert peered.peering.name == PEERING
+    assert peered.peering.mandatory and not peered.peering.standalone
+    assert peered.peering.priority == 7
+    assert peered.scanning.disabled  # fixed namespaces: nothing to scan
+
+    from_env = kopf_settings(
+        parse_args(["-A"], {"SIP_OPERATOR_PEERING": PEERING, "SIP_OPERATOR_PRIORITY": "12"})
+    )
+    assert (from_env.peering.name, from_env.peering.priority) == (PEERING, 12)
+    assert not from_env.scanning.disabled
+
+    alone = kopf_settings(parse_args(["-n", "calls", "--standalone"], {}))
+    assert alone.peering.standalone and not alone.peering.mandatory
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["-n", "calls", "--standalone", "--peering", PEERING], {}),
+        (["-n", "calls", "--peering", PEERING], {"SIP_OPERATOR_STANDALONE": "true"}),
+        (["-n", "calls", "--peering", "Not_A_Name"], {}),
+        (["-n", "calls", "--priority", "high"], {}),
+    ],
+)
+def test_contradicting_or_malformed_peering_flags_are_refused(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv, environ)
+    assert exited.value.code == 2
+    assert "--peering" in capsys.readouterr().err or "--priority" in capsys.readouterr().err
+
+
+def _peers(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    peering = cluster.emulator.objects("kopf.dev/v1/kopfpeerings", namespace).get(PEERING) or {}
+    peers: dict[str, Any] = peering.get("status") or {}
+    return peers
+
+
+def _start_replica(
+    cluster: Cluster, redis_url: str, namespace: str, log: Path, pod_id: str
+) -> OperatorProcess:
+    """A peered replica; the worker image names it, so each pod tells who created it."""
+    replica = OperatorProcess(cluster, redis_url, log)
+    replica.start(
+        ["--namespace", namespace, "--peering", PEERING],
+        env={"POD_ID": pod_id, "SIP_OPERATOR_WORKER_IMAGE": f"registry.test/sip-worker:{pod_id}"},
+        standalone=False,
+    )
+    return replica
+
+
+def _sessions_watch_paused(replica: OperatorProcess) -> bool:
+    """Whether kopf's SipSession watch is paused now (its --verbose log says so at each turn)."""
+    log = replica.log()
+    paused = log.rfind("Pausing the watch-stream for sipsessions.")
+    return paused > log.rfind("Resuming the watch-stream for sipsessions.")
+
+
+def _pod_images(cluster: Cluster, namespace: str) -> dict[str, str]:
+    """Pod name -> the tag of its image: the replica that created it."""
+    return {
+        name: pod["spec"]["containers"][0]["image"].rpartition(":")[2]
+        for name, pod in cluster.pods(namespace).items()
+    }
+
+
+def test_two_replicas_elect_one_active_operator_which_hands_over_when_it_stops(
+    cluster: Cluster, redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
+    cluster.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
+    )
+    replicas = {
+        pod_id: _start_replica(cluster, redis_server.url, namespace, tmp_path / pod_id, pod_id)
+        for pod_id in ("replica-a", "replica-b")
+    }
+    try:
+        peers = wait_for(
+            lambda: len(_peers(cluster, namespace)) == 2 and _peers(cluster, namespace),
+            what="both replicas in the peering object",
+        )
+        assert peers["replica-a"]["priority"] != peers["replica-b"]["priority"]
+        active_id = max(peers, key=lambda pod_id: int(peers[pod_id]["priority"]))
+        standby_id = next(pod_id for pod_id in replicas if pod_id != active_id)
+        wait_for(lambda: _sessions_watch_paused(replicas[standby_id]), what="the standby paused")
+
+        first = ["alice", "bob", "carol"]
+        for name in first:
+            cluster.create_session(namespace, name, account_spec())
+        wait_for(lambda: len(cluster.pods(namespace)) == 3, what="the first pods")
+        for name in first:
+            cluster.wait_phase(namespace, name, "Pending")
+        # Only the active replica acts: a racing standby would have created some of them.
+        assert set(_pod_images(cluster, namespace).values()) == {active_id}
+        assert "Pausing operations" not in replicas[active_id].log()  # it outranks its peer
+        assert not any("Pausing all operators" in r.log() for r in replicas.values())  # no tie
+
+        replicas[active_id].stop()  # it leaves the peering object on its way out
+        wait_for(lambda: active_id not in _peers(cluster, namespace), what="the active one gone")
+        cluster.core.delete_namespaced_pod("sip-alice", namespace)
+        cluster.create_session(namespace, "dave", account_spec())
+        wait_for(
+            lambda: _pod_images(cluster, namespace).get("sip-dave") == standby_id,
+            what="the former standby serving a new session",
+        )
+        wait_for(
+            lambda: _pod_images(cluster, namespace).get("sip-alice") == standby_id,
+            what="alice's pod recreated by the former standby",
+        )
+        assert len(cluster.pods(namespace)) == 4
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+            replica.kill()
+    for replica in replicas.values():
+        assert "Traceback" not in replica.log(), replica.log()[-5000:]
