@@ -165,15 +165,24 @@ class SessionController:
         if session is not None and session.ref.uid == body["metadata"].get("uid"):
             self._abandon(session)
 
-    def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def _owner_session(self, body: Mapping[str, Any]) -> tuple[Session | None, str | None]:
+        """The followed session named by `body`'s controlling SipSession, and that owner's uid.
+
+        The session may be a namesake of the owner (compare its uid).
+        """
         metadata = body.get("metadata") or {}
         owner_uid = controller_uid(dict(body))
         owner = next(
             (r for r in metadata.get("ownerReferences") or [] if r.get("uid") == owner_uid), None
         )
         if owner is None:
-            return
-        session = self.sessions.get((str(metadata.get("namespace")), str(owner.get("name"))))
+            return None, None
+        key = (str(metadata.get("namespace")), str(owner.get("name")))
+        return self.sessions.get(key), owner_uid
+
+    def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        session, owner_uid = self._owner_session(body)
         if session is None or metadata.get("name") != child_names(session.key[1]).pod:
             return
         uid = str(metadata.get("uid", ""))
@@ -193,6 +202,19 @@ class SessionController:
             session.deleting_pod_uid = None
         else:
             session.pod = phase.pod_state(body, owner_uid, ANNOTATION_SPEC_HASH)
+        session.wake.set()
+
+    def observe_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A session's Service deleted (by hand, say) is created again at once."""
+        if event_type != "DELETED":
+            return
+        session, owner_uid = self._owner_session(body)
+        if session is None or session.ref.uid != owner_uid:
+            return  # not a followed session's, or a deleted namesake's
+        if body["metadata"].get("name") != child_names(session.key[1]).service:
+            return
+        logger.info("SipSession %s: its Service was deleted; recreating it", session.label)
+        session.children_ready = False  # the next pass creates what is missing
         session.wake.set()
 
     def observe_worker_status(self, key: SessionKey, status: WorkerStatus) -> None:

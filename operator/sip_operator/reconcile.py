@@ -1,9 +1,9 @@
 """The kopf handlers: they feed watch events to the SessionController and run its lifecycle.
 
-kopf owns the watches, the finalizer, event posting, logging and peering. SipSession and
-worker-pod events only update the controller's view and wake the session's loop; deletion
-runs through an on.delete handler so that cleanup and the history expiry happen before the
-SipSession disappears.
+kopf owns the watches, the finalizer, event posting, logging and peering. SipSession,
+worker-pod and Service events only update the controller's view and wake the session's loop;
+deletion runs through an on.delete handler so that cleanup and the history expiry happen
+before the SipSession disappears.
 """
 
 import asyncio
@@ -89,6 +89,11 @@ async def session_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
 @kopf.on.event("v1", "pods", labels={LABEL_MANAGED_BY: MANAGER})
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.observe_pod(event["type"], body)
+
+
+@kopf.on.event("v1", "services", labels={LABEL_MANAGED_BY: MANAGER})
+async def service_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.observe_service(event["type"], body)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -378,3 +378,24 @@ def test_leftovers_of_a_deleted_namesake_are_replaced_and_strangers_left_alone(
     cluster.wait_phase(namespace, "bob", "Failed")
     assert "not controlled by this SipSession" in cluster.status(namespace, "bob")["message"]
     assert "ownerReferences" not in cluster.pods(namespace)["sip-bob"]["metadata"]
+
+
+def test_a_deleted_service_is_recreated_at_once(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    session = cluster.create_session(namespace, "alice", account_spec())
+    first = wait_for(lambda: cluster.services(namespace).get("sip-alice"), what="the Service")
+    pod = wait_for(lambda: cluster.pods(namespace).get("sip-alice"), what="the pod")
+    cluster.core.delete_namespaced_service("sip-alice", namespace)
+
+    def recreated() -> dict[str, Any] | None:
+        service = cluster.services(namespace).get("sip-alice")
+        return (
+            service if service and service["metadata"]["uid"] != first["metadata"]["uid"] else None
+        )
+
+    second = wait_for(recreated, what="the Service recreated")
+    assert _owned_by(second, session)
+    assert second["spec"] == first["spec"]
+    # Only the Service was missing: the pod is the same one.
+    assert cluster.pods(namespace)["sip-alice"]["metadata"]["uid"] == pod["metadata"]["uid"]
