@@ -6,9 +6,10 @@ SIP_OPERATOR_REDIS_PASSWORD_SECRET through a secretKeyRef.
 """
 
 import math
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from sip_worker.redis_connection import RedisUrlError, parse_redis_url
 
 ENV_PREFIX = "SIP_OPERATOR_"
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
@@ -89,11 +90,13 @@ def _port(environ: Mapping[str, str], name: str, default: int, allow_zero: bool 
 
 
 def _redis_url(environ: Mapping[str, str], name: str, default: str) -> str:
+    """A URL the worker's parser accepts (a Redis Cluster with ?cluster=true), without password."""
     url = _text(environ, name, default)
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"{ENV_PREFIX}{name} must be a redis://, rediss:// or unix:// URL")
-    if parsed.password:
+    try:
+        target = parse_redis_url(url, {})
+    except RedisUrlError as error:  # the message shows the URL with any password redacted
+        raise SettingsError(f"{ENV_PREFIX}{name}: {error}") from None
+    if target.password:
         # A worker's URL would be copied into its pod spec: refuse it, without echoing it.
         raise SettingsError(
             f"{ENV_PREFIX}{name} must not contain a password: set {REDIS_PASSWORD_ENV} for "

@@ -77,6 +77,40 @@ def test_bad_settings_are_refused_naming_the_variable(
         load_settings(environ)
 
 
+def test_both_redis_urls_may_name_a_redis_cluster() -> None:
+    settings = load_settings(
+        {
+            "SIP_OPERATOR_REDIS_URL": "redis://localhost:7000?cluster=true",
+            "SIP_OPERATOR_WORKER_REDIS_URL": "rediss://redis.sip.svc:6379?cluster=true",
+        }
+    )
+    assert settings.redis_url == "redis://localhost:7000?cluster=true"
+    assert settings.worker_redis_url == "rediss://redis.sip.svc:6379?cluster=true"
+    assert load_settings({"SIP_OPERATOR_REDIS_URL": "redis://r:7000?cluster=true"}) == (
+        OperatorSettings(
+            redis_url="redis://r:7000?cluster=true", worker_redis_url="redis://r:7000?cluster=true"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "message"),
+    [
+        ("REDIS_URL", "redis://r:7000/2?cluster=true", "only database 0"),
+        ("WORKER_REDIS_URL", "unix:///run/redis.sock?cluster=true", "over TCP"),
+        ("REDIS_URL", "redis://r:7000?cluster=maybe", "cluster must be true or false"),
+        ("WORKER_REDIS_URL", "redis://r:7000?clustre=true", "unknown parameter clustre"),
+    ],
+)
+def test_a_malformed_redis_url_is_refused_as_the_worker_would(
+    name: str, url: str, message: str
+) -> None:
+    """The worker's own parser checks both URLs, so no worker pod is made with a bad one."""
+    with pytest.raises(SettingsError, match=message) as refused:
+        load_settings({f"SIP_OPERATOR_{name}": url})
+    assert str(refused.value).startswith(f"SIP_OPERATOR_{name}: ")
+
+
 def test_a_redis_url_with_a_password_is_refused_without_echoing_it() -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings({"SIP_OPERATOR_REDIS_URL": "redis://:Secr3t@redis:6379/0"})
