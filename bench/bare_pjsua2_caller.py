@@ -2,7 +2,7 @@
 
 Run by bench_worker.py in its own process (PJSUA2 allows one endpoint per process). Prints one
 JSON object on its last line (pjlib prints a banner first): {"setup_ms": [...]} for
-`--calls` sequential calls to `--target`.
+`--calls` sequential calls to `--target`, after `--warmup` calls that are not measured.
 """
 
 import argparse
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--target", required=True, help="SIP URI of the UAS")
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--pace", type=float, default=0.05, help="seconds between calls")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured calls first")
     args = parser.parse_args()
 
     endpoint = pj.Endpoint()
@@ -69,13 +70,14 @@ def main() -> None:
     account.create(account_config, True)
 
     setup_ms: list[float] = []
-    for _ in range(args.calls):
+    for number in range(args.warmup + args.calls):
         call = _Call(account)
         options = pj.CallOpParam(True)
         started = time.perf_counter()
         call.makeCall(args.target, options)
         _poll_until(endpoint, lambda c=call: c.confirmed_at is not None, 10.0)
-        setup_ms.append((call.confirmed_at - started) * 1000.0)
+        if number >= args.warmup:
+            setup_ms.append((call.confirmed_at - started) * 1000.0)
         hangup = pj.CallOpParam()
         call.hangup(hangup)
         _poll_until(endpoint, lambda c=call: c.disconnected, 10.0)

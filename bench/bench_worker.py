@@ -1,8 +1,10 @@
 """Worker benchmark (printed by `make bench`): call setup, RPC overhead, start-up and memory.
 
-1. Call setup: StartCall -> outgoing_call_connected through a real `sip-worker`, against a bare
-   PJSUA2 makeCall -> CONFIRMED (bench/bare_pjsua2_caller.py, its own process) to the same sipp
-   UAS in the same run. Targets: ratio <= 1.5, worker median <= 5 ms.
+1. Call setup: StartCall -> outgoing_call_connected through a real `sip-worker` (default
+   settings, so it logs every status at INFO as deployed), against a bare PJSUA2 makeCall ->
+   CONFIRMED (bench/bare_pjsua2_caller.py, its own process) to the same sipp UAS in the same
+   run. Both get one unmeasured warm-up call, then the same number of calls in alternating
+   rounds. Targets: ratio <= 1.5, worker median <= 5 ms.
 2. GetSipStatus p50/p99 over 10,000 calls against grpc.health.v1 Check on the same server
    (interleaved blocks, one channel). Target ratio <= 1.5.
 3. Idle RSS of the worker and time from process start to health SERVING.
@@ -124,8 +126,6 @@ def _worker_args(redis_url: str, grpc_port: int, *extra: str) -> list[str]:
         str(_free_udp_port()),
         "--redis-url",
         redis_url,
-        "--log-level",
-        "WARNING",
         *extra,
     ]
 
@@ -200,13 +200,15 @@ def _seconds(status: Status) -> float:
     return float(status.timestamp.ToNanoseconds()) / 1e9
 
 
-def bench_calls(stub: sip_pb2_grpc.SipStub, uas_port: int, spans: dict[str, list[float]]) -> None:
+def bench_calls(
+    stub: sip_pb2_grpc.SipStub, uas_port: int, spans: dict[str, list[float]], calls: int
+) -> None:
     """Per call, in ms, appended to `spans`: client StartCall sent -> outgoing_call_initiated
     (gRPC, checks, hand-off to the SIP thread, makeCall: the phone records `initiated` once the
     INVITE is sent), initiated -> connected (the SIP exchange), and sent -> connected."""
     callee = f"sip:service@127.0.0.1:{uas_port}"
     done = (Status.outgoing_call_connected, Status.outgoing_call_failed)
-    for _ in range(CALLS_PER_ROUND):
+    for _ in range(calls):
         sent = time.time()
         stub.StartCall(sip_pb2.StartCallRequest(callee_id=callee), timeout=10)
         # Stay quiet while the call is set up: the timestamps measure, the client need not.
@@ -231,7 +233,7 @@ def bench_bare(uas_port: int) -> list[float]:
         [
             *(sys.executable, str(REPO / "bench" / "bare_pjsua2_caller.py")),
             *("--target", f"sip:service@127.0.0.1:{uas_port}", "--calls", str(CALLS_PER_ROUND)),
-            *("--pace", str(PACE_S)),
+            *("--pace", str(PACE_S), "--warmup", "1"),
         ],
         capture_output=True,
         text=True,
@@ -301,11 +303,21 @@ def main() -> None:
         )
         _wait_serving(channel, process, 30.0)
         stub = sip_pb2_grpc.SipStub(channel)
+        bench_calls(stub, uas_port, {"hop": [], "sip": [], "total": []}, 1)  # warm-up
         spans: dict[str, list[float]] = {"hop": [], "sip": [], "total": []}
         bare_ms: list[float] = []
-        for _ in range(ROUNDS):
-            bench_calls(stub, uas_port, spans)
-            bare_ms += bench_bare(uas_port)
+        round_medians: list[tuple[float, float]] = []
+        for number in range(ROUNDS):
+            worker_before, bare_before = len(spans["total"]), len(bare_ms)
+            if number % 2:
+                bare_ms += bench_bare(uas_port)
+                bench_calls(stub, uas_port, spans, CALLS_PER_ROUND)
+            else:
+                bench_calls(stub, uas_port, spans, CALLS_PER_ROUND)
+                bare_ms += bench_bare(uas_port)
+            round_medians.append(
+                (_median(spans["total"][worker_before:]), _median(bare_ms[bare_before:]))
+            )
         status_us, health_us = bench_rpcs(channel)
 
     worker_median = _median(spans["total"])
@@ -319,6 +331,10 @@ def main() -> None:
     print(f"    sent -> initiated (gRPC, hand-off, INVITE out)  {_median(spans['hop']):6.2f} ms")
     print(f"    initiated -> connected (SIP exchange)           {sip_median:6.2f} ms")
     print(f"  bare PJSUA2 makeCall -> CONFIRMED                {bare_median:6.2f} ms")
+    print(
+        "  per round, worker/bare ms: "
+        + "  ".join(f"{worker:.2f}/{bare:.2f}" for worker, bare in round_medians)
+    )
     print(_ratio_line("ratio worker / bare", worker_median / bare_median, 1.5))
     print(_ratio_line("worker median", worker_median, 5.0, " ms"))
     print("2. GetSipStatus against health Check (same server, same channel)")
