@@ -1,14 +1,15 @@
 """Worker benchmark (printed by `make bench`): call setup, RPC overhead, start-up and memory.
 
-1. Call setup: StartCall -> outgoing_call_connected through a real `sip-worker` (default
-   settings, so it logs every status at INFO as deployed), against a bare PJSUA2 makeCall ->
-   CONFIRMED (bench/bare_pjsua2_caller.py, its own process) to the same sipp UAS in the same
-   run. Both get one unmeasured warm-up call, then the same number of calls in alternating
-   rounds. Targets: ratio <= 1.5, worker median <= 5 ms.
+1. Call setup: StartCall -> outgoing_call_connected through a real `sip-worker` set up as the
+   operator deploys it (every status logged at INFO as JSON, metrics on), against a bare PJSUA2
+   makeCall -> CONFIRMED (bench/bare_pjsua2_caller.py, its own process) to the same sipp UAS
+   in the same run. Both get one unmeasured warm-up call, then the same number of calls in
+   alternating rounds. Targets: ratio <= 1.5, worker median <= 5 ms.
 2. GetSipStatus p50/p99 over 10,000 calls against grpc.health.v1 Check on the same server
    (interleaved blocks, one channel). Target ratio <= 1.5.
-3. Idle RSS of the worker and time from process start to health SERVING.
-   Targets <= 50 MB and <= 500 ms.
+3. Idle RSS of the worker and time from process start to health SERVING, with the worker's
+   defaults and with --metrics-port set (as the operator deploys workers: prometheus_client
+   is only loaded then). Targets <= 50 MB and <= 500 ms.
 
 Everything runs on 127.0.0.1 with free ports; every process started here is stopped at the end.
 """
@@ -47,6 +48,8 @@ POLL_S = 0.02
 SETUP_QUIET_S = 0.03
 STATUS_RPCS = 10_000
 STARTS = 5
+# How the operator runs workers (logging at the default INFO); the metrics port follows.
+DEPLOYED_FLAGS = ("--log-format", "json", "--metrics-port")
 ACCOUNT_USER = "bench"
 ACCOUNT_PASSWORD = "bench-secret"
 Status = sip_pb2.SipStatus
@@ -160,27 +163,34 @@ def _ratio_line(name: str, value: float, target: float, unit: str = "") -> str:
     return f"  {name:<48} {value:8.2f}{unit}  (target <= {target}{unit}: {verdict})"
 
 
-def bench_startup(redis_url: str, workdir: Path) -> tuple[list[float], list[float], list[float]]:
-    """Time from Popen to SERVING, and RSS and USS (private memory) after a second idle, for
-    `STARTS` plain workers."""
-    start_ms: list[float] = []
-    rss_mb: list[float] = []
-    uss_mb: list[float] = []
+Startup = dict[str, list[float]]
+
+
+def bench_startup(redis_url: str, workdir: Path) -> tuple[Startup, Startup]:
+    """Time from Popen to SERVING ("start_ms"), and RSS and USS (private memory) after a second
+    idle, for `STARTS` workers with defaults and as many with metrics, alternating."""
+    plain: Startup = {"start_ms": [], "rss_mb": [], "uss_mb": []}
+    metered: Startup = {"start_ms": [], "rss_mb": [], "uss_mb": []}
     for _ in range(STARTS):
-        port = free_port()
-        started = time.perf_counter()
-        with (
-            (workdir / "startup.log").open("ab") as log,
-            _process(_worker_args(redis_url, port), stdout=log, stderr=log) as process,
-            grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
-        ):
-            _wait_serving(channel, process, 30.0)
-            start_ms.append((time.perf_counter() - started) * 1000.0)
-            time.sleep(1.0)
-            memory = psutil.Process(process.pid).memory_full_info()
-            rss_mb.append(memory.rss / 2**20)
-            uss_mb.append(memory.uss / 2**20)
-    return start_ms, rss_mb, uss_mb
+        _start_once(redis_url, workdir, plain)
+        _start_once(redis_url, workdir, metered, "--metrics-port", str(free_port()))
+    return plain, metered
+
+
+def _start_once(redis_url: str, workdir: Path, results: Startup, *extra: str) -> None:
+    port = free_port()
+    started = time.perf_counter()
+    with (
+        (workdir / "startup.log").open("ab") as log,
+        _process(_worker_args(redis_url, port, *extra), stdout=log, stderr=log) as process,
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
+    ):
+        _wait_serving(channel, process, 30.0)
+        results["start_ms"].append((time.perf_counter() - started) * 1000.0)
+        time.sleep(1.0)
+        memory = psutil.Process(process.pid).memory_full_info()
+        results["rss_mb"].append(memory.rss / 2**20)
+        results["uss_mb"].append(memory.uss / 2**20)
 
 
 def _wait_status(
@@ -274,7 +284,7 @@ def main() -> None:
         redis_server.start()
         stack.callback(redis_server.stop)
 
-        start_ms, rss_mb, uss_mb = bench_startup(redis_server.url, workdir)
+        plain_start, metered_start = bench_startup(redis_server.url, workdir)
 
         uas_port = _sipp_uas(stack, workdir)
         registrar_port = _sipp_registrar(stack, workdir)
@@ -292,6 +302,8 @@ def main() -> None:
                     account,
                     "--session-key",
                     "bench",
+                    *DEPLOYED_FLAGS,
+                    str(free_port()),
                 ),
                 env=environment,
                 stdout=log,
@@ -342,10 +354,13 @@ def main() -> None:
     print(f"  health Check  p50 {health_p50:7.0f} us  p99 {health_p99:7.0f} us")
     print(_ratio_line("ratio p50", status_p50 / health_p50, 1.5))
     print(_ratio_line("ratio p99", status_p99 / health_p99, 1.5))
-    print(f"3. start-up and memory ({STARTS} starts)")
-    print(_ratio_line("process start -> SERVING, median", _median(start_ms), 500.0, " ms"))
-    print(_ratio_line("idle RSS, median", _median(rss_mb), 50.0, " MB"))
-    print(f"  idle USS (private, not shared with other workers), median {_median(uss_mb):.2f} MB")
+    for title, results in (("defaults", plain_start), ("with --metrics-port", metered_start)):
+        print(f"3. start-up and memory, {title} ({STARTS} starts)")
+        start_ms = _median(results["start_ms"])
+        print(_ratio_line("process start -> SERVING, median", start_ms, 500.0, " ms"))
+        print(_ratio_line("idle RSS, median", _median(results["rss_mb"]), 50.0, " MB"))
+        uss_mb = _median(results["uss_mb"])
+        print(f"  idle USS (private, not shared with other workers), median {uss_mb:.2f} MB")
 
 
 if __name__ == "__main__":
