@@ -256,6 +256,20 @@ class SessionController:
             raise RetentionError(f"cannot set the history stream's expiry: {error}") from error
         logger.info("SipSession %s/%s deleted; history kept for %ds", namespace, name, retain)
 
+    async def release(self, body: Mapping[str, Any]) -> None:
+        """Stops acting on a session another operator replica serves now (peering paused us).
+
+        Forgotten, not finalized: it is taken up afresh, like after a restart, when this
+        replica serves again.
+        """
+        key = _session_key(body)
+        session = self.sessions.get(key)
+        if session is None or session.ref.uid != body["metadata"].get("uid"):
+            return
+        self._abandon(session)
+        await self._stop(session)
+        logger.info("SipSession %s: released; another operator replica serves it", session.label)
+
     async def close(self) -> None:
         await asyncio.gather(*(self._stop(s) for s in list(self.sessions.values())))
         self.sessions.clear()

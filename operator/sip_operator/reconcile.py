@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import kopf
 
-from sip_operator.controller import RetentionError, SessionController
+from sip_operator.controller import STOP_TIMEOUT, RetentionError, SessionController
 from sip_operator.kube import KubeApi
 from sip_operator.pod_builder import LABEL_MANAGED_BY, MANAGER
 from sip_operator.session_spec import GROUP, PLURAL, VERSION
@@ -94,6 +94,21 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
 @kopf.on.event("v1", "services", labels={LABEL_MANAGED_BY: MANAGER})
 async def service_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.observe_service(event["type"], body)
+
+
+@kopf.on.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=STOP_TIMEOUT + 5)
+async def session_lease(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Lasts while kopf lets this operator serve the session.
+
+    The controller's session loops are its own tasks, which kopf cannot pause. When peering
+    pauses this replica (one of higher priority serves), kopf stops the daemons, and the
+    controller lets go of the session; kopf's listing on resuming brings it back.
+    """
+    await stopped.wait()
+    if stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in stopped.reason:
+        await memo.controller.release(body)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

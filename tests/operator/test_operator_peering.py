@@ -1,12 +1,20 @@
 """Replicas with kopf peering: each has its own priority, one serves, and it hands over."""
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sip_operator.main import kopf_settings, parse_args
-from tests.support.operator_harness import Cluster, OperatorProcess, account_spec, wait_for
+from tests.support.operator_harness import (
+    Cluster,
+    OperatorProcess,
+    account_spec,
+    sip_status_entry,
+    stream_key,
+    wait_for,
+)
 from tests.support.redis_server import RedisServer
 
 PEERING = "sip-test-peering"
@@ -61,12 +69,12 @@ def _peers(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 
 def _start_replica(
-    cluster: Cluster, redis_url: str, namespace: str, log: Path, pod_id: str
+    cluster: Cluster, redis_url: str, namespace: str, log: Path, pod_id: str, *args: str
 ) -> OperatorProcess:
     """A peered replica; the worker image names it, so each pod tells who created it."""
     replica = OperatorProcess(cluster, redis_url, log)
     replica.start(
-        ["--namespace", namespace, "--peering", PEERING],
+        ["--namespace", namespace, "--peering", PEERING, *args],
         env={"POD_ID": pod_id, "SIP_OPERATOR_WORKER_IMAGE": f"registry.test/sip-worker:{pod_id}"},
         standalone=False,
     )
@@ -139,3 +147,70 @@ def test_two_replicas_elect_one_active_operator_which_hands_over_when_it_stops(
             replica.kill()
     for replica in replicas.values():
         assert "Traceback" not in replica.log(), replica.log()[-5000:]
+
+
+@pytest.mark.slow
+def test_a_replica_paused_by_a_higher_priority_one_stops_acting_until_it_serves_again(
+    cluster: Cluster, redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """kopf pauses only its own watches; the paused replica's session loops must stop too.
+
+    The replica of higher priority reads another Redis, so any "ready" status that reaches
+    the SipSession comes from the paused one.
+    """
+    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
+    cluster.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
+    )
+    other_redis = RedisServer(tmp_path / "other-redis")
+    other_redis.start()
+    first = _start_replica(
+        cluster, redis_server.url, namespace, tmp_path / "first", "first", "--priority", "1"
+    )
+    second: OperatorProcess | None = None
+    redis = redis_server.client()
+    stream = stream_key(namespace, "alice")
+    try:
+        cluster.create_session(namespace, "alice", account_spec())
+        wait_for(lambda: _pod_images(cluster, namespace).get("sip-alice") == "first", what="pod")
+        cluster.set_pod_status(namespace, "sip-alice", "Running", ready=True)
+        started = time.monotonic()
+        redis.xadd(stream, sip_status_entry("registered", 1))
+        wait_for(lambda: _last_status(cluster, namespace) == "registered", what="mirrored")
+        mirror_delay = time.monotonic() - started
+
+        second = _start_replica(
+            cluster, other_redis.url, namespace, tmp_path / "second", "second", "--priority", "2"
+        )
+        wait_for(lambda: f"SipSession {namespace}/alice: released" in first.log(), what="paused")
+        redis.xadd(stream, sip_status_entry("ready", 2))
+        # Ten times what mirroring took while it served: a live loop would have written it
+        # (perhaps overwritten at once by the serving replica: look at every version).
+        time.sleep(max(2.0, 10 * mirror_delay))
+        assert "ready" not in _every_last_status(cluster, namespace), "the paused replica acted"
+
+        second.stop()  # the first serves again and takes the session up afresh
+        cluster.wait_phase(namespace, "alice", "Ready")
+        assert _last_status(cluster, namespace) == "ready"
+    finally:
+        for replica in (first, second):
+            if replica is not None:
+                replica.stop()
+                replica.kill()
+        other_redis.stop()
+    for replica in (first, second):
+        assert replica is not None and "Traceback" not in replica.log(), replica.log()[-5000:]
+
+
+def _every_last_status(cluster: Cluster, namespace: str) -> set[str | None]:
+    """Each lastStatus.type alice's SipSession ever had."""
+    return {
+        ((body.get("status") or {}).get("lastStatus") or {}).get("type")
+        for resource, body in cluster.emulator.every_version()
+        if resource.endswith("/sipsessions") and body["metadata"]["name"] == "alice"
+    }
+
+
+def _last_status(cluster: Cluster, namespace: str) -> str | None:
+    last: dict[str, Any] = cluster.status(namespace, "alice").get("lastStatus") or {}
+    return last.get("type")
