@@ -148,6 +148,23 @@ def test_external_redis_all_namespaces_and_no_network_policy() -> None:
     assert env["SIP_OPERATOR_REDIS_PASSWORD_SECRET_KEY"] == "redis-password"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis-cluster.shared.svc:6379?cluster=true",
+        "rediss://redis.shared.svc:6380?cluster=true&ssl_ca_certs=/etc/redis-ca/ca.crt",
+    ],
+)
+def test_an_external_redis_cluster_url_reaches_the_operator_and_its_workers(url: str) -> None:
+    """The schema admits what the operator (and so the worker) accepts: ?cluster=true, TLS."""
+    from sip_operator.settings import load_settings
+
+    container = _operator_container(render({"redis": {"external": {"url": url}}}))
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    settings = load_settings(environ)
+    assert settings.redis_url == settings.worker_redis_url == url
+
+
 def test_external_redis_without_a_password_sets_no_password_variables() -> None:
     manifests = render({"redis": {"external": {"url": "redis://redis.shared.svc:6379/0"}}})
     env = _env(_operator_container(manifests))

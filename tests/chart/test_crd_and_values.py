@@ -113,6 +113,9 @@ BAD_VALUES = {
     "unknown-top-level-key": {"rbac": {"create": False}},
     "password-in-redis-url": {"redis": {"external": {"url": "redis://:secret@redis:6379/0"}}},
     "not-a-redis-url": {"redis": {"external": {"url": "http://redis:6379"}}},
+    "password-in-redis-url-query": {
+        "redis": {"external": {"url": "redis://redis:6379?cluster=true&password=secret"}}
+    },
     "appendfsync-off": {"redis": {"appendfsync": "no"}},
     "redis-latest": {"redis": {"image": {"tag": "latest"}}},
     "no-cpu-request": {"operator": {"resources": {"requests": {"cpu": None}}}},
