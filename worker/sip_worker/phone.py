@@ -128,6 +128,17 @@ def _address_of(name_addr: str) -> str:
     return name_addr.split(";", 1)[0].strip()
 
 
+def _call_parameters(headers: Mapping[str, str]) -> Any:
+    """A CallOpParam carrying `headers` (already checked) on the request it sends."""
+    parameters = pj.CallOpParam(True)
+    for name, value in headers.items():
+        header = pj.SipHeader()
+        header.hName = name
+        header.hValue = value
+        parameters.txOption.headers.append(header)
+    return parameters
+
+
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     @_guarded
     def write(self, entry: Any) -> None:
@@ -758,12 +769,7 @@ class Phone:
         uri = target_uri(callee_id, account.name, "callee_id")
         state = self._new_call_state(True, callee_id, headers)
         call = _Call(self, account, pj.PJSUA_INVALID_ID, state)
-        parameters = pj.CallOpParam(True)
-        for name, value in headers.items():
-            header = pj.SipHeader()
-            header.hName = name
-            header.hValue = value
-            parameters.txOption.headers.append(header)
+        parameters = _call_parameters(headers)
         self._call = call
         # The INVITE goes out first; the status follows (and precedes any other of this call).
         try:
@@ -935,12 +941,7 @@ class Phone:
             raise WrongState("the call is being hung up")
         if state.transfer_id is not None:
             raise WrongState("a transfer is already in progress")
-        parameters = pj.CallOpParam(True)
-        for name, value in headers.items():
-            header = pj.SipHeader()
-            header.hName = name
-            header.hValue = value
-            parameters.txOption.headers.append(header)
+        parameters = _call_parameters(headers)
         try:
             call.xfer(uri, parameters)
         except pj.Error as error:
