@@ -1,5 +1,6 @@
 """Prometheus metrics on --metrics-port, counted from real calls through a real sip-worker."""
 
+import time
 from collections.abc import Callable
 
 import grpc
@@ -24,6 +25,7 @@ def test_metrics_count_real_calls_registration_and_rpcs(
     assert sample(idle, "sip_worker_registered") == 0
     assert sample(idle, "sip_worker_call_active") == 0
     assert sample(idle, "sip_worker_history_buffer_depth") == 0
+    assert sample(idle, "sip_worker_history_write_seconds_count") == 0
     for direction in ("incoming", "outgoing"):
         for outcome in ("connected", "failed"):
             labels = {"direction": direction, "outcome": outcome}
@@ -79,6 +81,17 @@ def test_metrics_count_real_calls_registration_and_rpcs(
     assert rpcs("EndCall", "OK") == 1
     assert rpcs("EndCall", "FAILED_PRECONDITION") == 1
     assert (rpcs("GetSipStatus", "OK") or 0) >= 1
+
+    # Each status's write lag is observed once Redis has it: one sample per history entry.
+    statuses = len(worker.history())
+    deadline = time.monotonic() + 30
+    while True:
+        written = worker_probes.scrape(metrics_port)
+        if sample(written, "sip_worker_history_write_seconds_count") == statuses:
+            break
+        assert time.monotonic() < deadline, "the history's write lags were not all observed"
+        time.sleep(0.05)
+    assert (sample(written, "sip_worker_history_write_seconds_sum") or 0) > 0
 
     worker.stub.EndSession(Empty(), timeout=20)
     assert sample(worker_probes.scrape(metrics_port), "sip_worker_registered") == 0

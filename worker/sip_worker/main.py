@@ -149,22 +149,28 @@ def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> i
     """Serves until a stop is requested; returns the exit code."""
     stop = _Stop()
     _install_signal_handlers(stop, config.shutdown_grace)
+    serve_metrics: Callable[[str, int], Callable[[], None]] | None = None
+    observe_history_writes: Callable[[list[float]], None] | None = None
+    if config.metrics_port:
+        # Imported only when served: prometheus_client costs ~35 ms of start-up and ~3 MB.
+        from sip_worker import metrics
+
+        serve_metrics = metrics.serve_metrics
+        observe_history_writes = metrics.observe_history_writes
     try:
         durable_history = open_history(
-            config.redis_url, config.history_session_key, config.history_max_len
+            config.redis_url,
+            config.history_session_key,
+            config.history_max_len,
+            on_written=observe_history_writes,
         )
     except HistoryConfigError as error:
         logger.error("status history: %s", error)
         return EXIT_CONFIG
     history: StatusHistory = durable_history
-    serve_metrics: Callable[[str, int], Callable[[], None]] | None = None
     if config.metrics_port:
-        # Imported only when served: prometheus_client costs ~35 ms of start-up and ~3 MB.
-        from sip_worker import metrics
-
         metrics.watch_history_buffer(lambda: durable_history.buffer_depth)
         history = metrics.MetricsHistory(durable_history)
-        serve_metrics = metrics.serve_metrics
     phone = Phone(_phone_settings(config), history)
     try:
         phone.start()

@@ -46,6 +46,15 @@ HISTORY_BUFFER_DEPTH = Gauge(
     "sip_worker_history_buffer_depth",
     "Statuses held in memory because the history store (Redis) is unreachable",
 )
+HISTORY_WRITE = Histogram(
+    "sip_worker_history_write_seconds",
+    "Time from appending each status to the history until Redis acknowledged it "
+    "(outages included)",
+    buckets=(
+        0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+        30, 60, 300,
+    ),
+)  # fmt: skip
 
 for _direction in ("incoming", "outgoing"):
     for _outcome in ("connected", "failed"):
@@ -73,6 +82,12 @@ _FINISHED = {
 def watch_history_buffer(depth: Callable[[], int]) -> None:
     """Reads the history store's buffer depth whenever the metrics are scraped."""
     HISTORY_BUFFER_DEPTH.set_function(depth)
+
+
+def observe_history_writes(lags: list[float]) -> None:
+    """Records the write lag (seconds) of each status the history store has written."""
+    for lag in lags:
+        HISTORY_WRITE.observe(lag)
 
 
 def serve_metrics(host: str, port: int) -> Callable[[], None]:

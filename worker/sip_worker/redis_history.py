@@ -32,6 +32,11 @@ round trip after the exchange; any other status is written as soon as it is appe
 While Redis is unreachable, statuses wait in that queue, in order; the writer retries with
 backoff and logs the outage once and its end once. The queue holds at most `max_len`
 statuses: more could not all survive the stream's trimming anyway, so the oldest give way.
+
+An optional `on_written` callback learns the write lag of every status, from the call of
+`append` until Redis acknowledged it (outages, backoff and the hold included): the writer
+calls it with the lags in seconds, oldest first, once per status written, before waking
+`wait_durable`. It runs on the writer thread, so it must be quick.
 """
 
 import logging
@@ -41,7 +46,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any, NamedTuple, cast
 
@@ -138,11 +143,15 @@ def stream_key(session_key: str) -> str:
     return f"sip:{{{session_key}}}:history"
 
 
+WriteObserver = Callable[[list[float]], None]
+
+
 class _Queued(NamedTuple):
     writer_seq: int
     type_name: str
     payload: bytes
     hold_until: float  # time.monotonic() before which a lone status waits for company; 0: none
+    appended_ns: int  # time.perf_counter_ns() when append() was called; 0 without an observer
 
 
 def _type_name(status: SipStatus) -> str:
@@ -163,11 +172,13 @@ class RedisHistory:
         max_len: int,
         loaded: list[SipStatus],
         newest_seq: int,
+        on_written: WriteObserver | None = None,
     ) -> None:
         self._client = client
         self._target = target
         self._key = key
         self._max_len = max_len
+        self._on_written = on_written
         self._floor_seq = newest_seq
         self._seq = newest_seq  # the newest seq in the stream as far as this writer knows
         self._writer = secrets.token_hex(8)
@@ -199,6 +210,7 @@ class RedisHistory:
         return min(self._max_len, len(self._pending) + self._inbox.qsize())
 
     def append(self, status: SipStatus) -> None:
+        appended_ns = time.perf_counter_ns() if self._on_written is not None else 0
         payload = status.SerializeToString()
         type_name = _type_name(status)
         hold_until = (
@@ -209,7 +221,7 @@ class RedisHistory:
         with self._lock:
             self._appended += 1
             self._entries.append(status)
-            self._inbox.put(_Queued(self._appended, type_name, payload, hold_until))
+            self._inbox.put(_Queued(self._appended, type_name, payload, hold_until, appended_ns))
 
     def last(self) -> SipStatus | None:
         with self._lock:
@@ -290,10 +302,21 @@ class RedisHistory:
                 retry_at = time.monotonic() + backoff
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
+            written_ns = time.perf_counter_ns()
             retry_at, backoff = 0.0, _FIRST_BACKOFF
+            done: list[_Queued] = []
             while self._pending and self._pending[0].writer_seq <= written:
-                self._pending.popleft()
+                done.append(self._pending.popleft())
+            if self._on_written is not None and done:
+                self._report_lags(self._on_written, done, written_ns)
             self._note_written(written)
+
+    def _report_lags(self, observer: WriteObserver, done: list[_Queued], written_ns: int) -> None:
+        try:
+            observer([(written_ns - queued.appended_ns) / 1e9 for queued in done])
+        # A failing observer must not stop the writer (nor mark anything unwritten).
+        except Exception:
+            log.exception("the history's write observer failed")
 
     def _take(self, queued: _Queued | None) -> bool:
         """Moves one status from the inbox to `_pending`; True for the request to finish."""
@@ -379,12 +402,14 @@ def open_history(
     *,
     environ: Mapping[str, str] | None = None,
     startup_timeout: float = STARTUP_TIMEOUT,
+    on_written: WriteObserver | None = None,
 ) -> RedisHistory:
     """Connects, loads the session's stream and starts the writer.
 
     Raises HistoryConfigError for a malformed URL, a server still unreachable after
     `startup_timeout` seconds, refused credentials, or a key that is not a stream.
     The password comes from the URL, else from `environ` (default: os.environ) REDIS_PASSWORD.
+    `on_written` receives the write lag of each status (see the module docstring).
     """
     if not session_key:
         raise HistoryConfigError("the session key must not be empty")
@@ -403,7 +428,7 @@ def open_history(
         client.close()
         raise
     log.info("status history %s at %s: %d entries loaded", key, target.display, len(loaded))
-    return RedisHistory(client, target, key, max_len, loaded, newest_seq)
+    return RedisHistory(client, target, key, max_len, loaded, newest_seq, on_written)
 
 
 def _connect(target: RedisTarget, timeout: float) -> RedisClient:
