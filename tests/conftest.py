@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.redis_cluster import RedisClusterOfThree
 from tests.support.redis_server import RedisServer
 
 
@@ -15,3 +16,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterOfThree]:
+    """A local three-master Redis Cluster, shared by every test that needs one."""
+    cluster = RedisClusterOfThree(Path(tmp_path_factory.mktemp("cluster")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

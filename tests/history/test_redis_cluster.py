@@ -1,7 +1,6 @@
 """The history through a local three-master Redis Cluster."""
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, start_session, start
 
 pytestmark = pytest.mark.slow
 WAIT = 30.0
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterOfThree]:
-    cluster = RedisClusterOfThree(Path(tmp_path_factory.mktemp("cluster")))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_the_history_is_written_and_reloaded_through_the_cluster(

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,16 +23,6 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 NAMESPACE = "calls"
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterOfThree]:
-    cluster = RedisClusterOfThree(Path(tmp_path_factory.mktemp("cluster")))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _spread_sessions(redis_cluster: RedisClusterOfThree, count: int) -> list[str]:
