@@ -1,5 +1,8 @@
 """StartCall to sipp UAS scenarios: connect, headers on the wire, remote BYE, refusals."""
 
+import socket
+import struct
+import time
 from collections.abc import Callable
 
 import grpc
@@ -9,6 +12,7 @@ from ondewo.sip import sip_pb2
 from tests.support.sipp import Sipp, free_udp_port
 from tests.worker.conftest import WorkerProcess
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python names it from 3.13 on
 HEADERS = {"X-Custom-Id": "abc123", "X-Tenant": "t1", "X-Empty-Ok": "a value, with: punctuation"}
 
 
@@ -42,6 +46,49 @@ def test_call_connects_with_headers_on_the_invite(
     session.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
     session.wait_for_status("outgoing_call_finished")
     uas.wait_for(r"^BYE sip:")
+
+
+def _receive_with_kernel_time(sock: socket.socket) -> tuple[bytes, tuple[str, int], int]:
+    """A datagram, its sender, and the wall-clock ns at which the kernel received it."""
+    data, ancillary, _, sender = sock.recvmsg(65535, 1024)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = struct.unpack("qq", payload[:16])
+            return data, sender, seconds * 1_000_000_000 + nanoseconds
+    raise AssertionError("no receive timestamp")
+
+
+def _busy_reply(invite: str) -> bytes:
+    lines = invite.split("\r\n")
+    copied = [
+        line if not line.lower().startswith(("to:", "t:")) else line + ";tag=busy"
+        for line in lines
+        if line.lower().startswith(("via:", "v:", "from:", "f:", "to:", "t:", "call-id:", "i:"))
+        or line.lower().startswith("cseq:")
+    ]
+    return "\r\n".join(["SIP/2.0 486 Busy Here", *copied, "Content-Length: 0", "", ""]).encode()
+
+
+def test_initiated_carries_the_time_the_worker_took_the_request(session: WorkerProcess) -> None:
+    # So that its timestamp also covers the hand-off to the SIP thread and the work before the
+    # INVITE: it must precede the INVITE on the wire (as the kernel timestamped it), not follow.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as callee:
+        callee.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        callee.bind(("127.0.0.1", 0))
+        callee.settimeout(10)
+        sent_ns = time.time_ns()
+        start_call(session, f"service@127.0.0.1:{callee.getsockname()[1]}")
+        invite, worker_address, invite_ns = _receive_with_kernel_time(callee)
+        callee.sendto(_busy_reply(invite.decode()), worker_address)
+        session.wait_for_status("outgoing_call_failed")
+
+    history = session.history()
+    assert session.types()[-2:] == ["outgoing_call_initiated", "outgoing_call_failed"]
+    assert history[-1].description == "486 Busy Here"
+    stamps = [status.timestamp.ToNanoseconds() for status in history]
+    assert invite.startswith(b"INVITE ")
+    assert sent_ns <= stamps[-2] < invite_ns <= stamps[-1]
+    assert stamps == sorted(stamps)
 
 
 def test_sip_uri_callee_is_used_verbatim(

@@ -186,6 +186,8 @@ class _CallState:
     outgoing: bool
     callee_id: str
     headers: dict[str, str]
+    # Wall-clock ns at which the worker took the StartCall: `outgoing_call_initiated` carries it.
+    requested_ns: int | None = None
     announced: bool = False  # its *_call_initiated status is in the history
     connected: bool = False
     finished: bool = False
@@ -268,6 +270,7 @@ class Phone:
         self._session_interval: int | None = None  # the session's auto-answer interval
         self._call: _Call | None = None
         self._retired: list[object] = []  # PJSUA2 objects to free outside callbacks
+        self._last_timestamp_ns = 0  # the history's timestamps never go backwards
 
     # ----------------------------------------------------------------- life cycle
 
@@ -485,7 +488,11 @@ class Phone:
             description=description,
         )
         status.headers.update(headers if headers is not None else call.headers if call else {})
-        status.timestamp.GetCurrentTime()
+        at_ns = time.time_ns()
+        if status_type == SipStatus.outgoing_call_initiated and call and call.requested_ns:
+            at_ns = call.requested_ns
+        self._last_timestamp_ns = max(at_ns, self._last_timestamp_ns)
+        status.timestamp.FromNanoseconds(self._last_timestamp_ns)
         name = SipStatus.StatusType.Name(status_type)
         try:
             self._history.append(status)
@@ -754,10 +761,13 @@ class Phone:
         return _CallState(next(self._serials), outgoing, callee_id, headers)
 
     def start_call(self, callee_id: str, headers: Mapping[str, str]) -> None:
+        # The call starts when the worker takes the request, so that its initiated status
+        # also covers the hand-off to the SIP thread and the work before the INVITE.
+        requested_ns = time.time_ns()
         checked = check_headers(headers, "headers")
-        self._on_sip_thread(lambda: self._start_call(callee_id, checked))
+        self._on_sip_thread(lambda: self._start_call(callee_id, checked, requested_ns))
 
-    def _start_call(self, callee_id: str, headers: dict[str, str]) -> None:
+    def _start_call(self, callee_id: str, headers: dict[str, str], requested_ns: int) -> None:
         self._check_accepting()
         account = self._account
         if account is None or self._session_interval is None:
@@ -768,6 +778,7 @@ class Phone:
             raise WrongState("a registration is in progress")
         uri = target_uri(callee_id, account.name, "callee_id")
         state = self._new_call_state(True, callee_id, headers)
+        state.requested_ns = requested_ns
         call = _Call(self, account, pj.PJSUA_INVALID_ID, state)
         parameters = _call_parameters(headers)
         self._call = call
