@@ -28,6 +28,10 @@ LOG_FORMATS = {
     "json": kopf.LogFormat.JSON,
 }
 _TRUE = ("1", "true", "yes", "on")
+# How long a replica that stopped refreshing its peering entry (killed, node lost) still
+# counts as alive: the standby takes over after this. kopf's default is 60 s; 15 s is the
+# lease Kubernetes controllers commonly use. Each replica refreshes every 5-10 s.
+PEERING_LIFETIME_S = 15
 _PEERING_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 # Random priorities: positive 32-bit integers (never 0, the priority of an operator given none).
 _PRIORITY_LIMIT = 2**31
@@ -140,6 +144,7 @@ def kopf_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings.peering.priority = (
         args.priority if args.priority is not None else random.randrange(1, _PRIORITY_LIMIT)
     )
+    settings.peering.lifetime = PEERING_LIFETIME_S
     return settings
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sip_operator.main import kopf_settings, parse_args
+from sip_operator.main import PEERING_LIFETIME_S, kopf_settings, parse_args
 from tests.support.operator_harness import (
     Cluster,
     OperatorProcess,
@@ -147,6 +147,44 @@ def test_two_replicas_elect_one_active_operator_which_hands_over_when_it_stops(
             replica.kill()
     for replica in replicas.values():
         assert "Traceback" not in replica.log(), replica.log()[-5000:]
+
+
+@pytest.mark.slow
+def test_the_standby_takes_over_within_the_peering_lifetime_when_the_active_one_is_killed(
+    cluster: Cluster, redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed replica cannot leave the peering object; its entry must expire."""
+    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
+    cluster.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
+    )
+    active = _start_replica(
+        cluster, redis_server.url, namespace, tmp_path / "active", "active", "--priority", "2"
+    )
+    standby: OperatorProcess | None = None
+    try:
+        wait_for(lambda: "active" in _peers(cluster, namespace), what="the active replica peered")
+        standby = _start_replica(
+            cluster, redis_server.url, namespace, tmp_path / "standby", "standby", "--priority", "1"
+        )
+        wait_for(lambda: _sessions_watch_paused(standby), what="the standby paused")
+        assert _peers(cluster, namespace)["active"]["lifetime"] == PEERING_LIFETIME_S
+
+        active.kill()
+        killed = time.monotonic()
+        cluster.create_session(namespace, "alice", account_spec())
+        wait_for(
+            lambda: _pod_images(cluster, namespace).get("sip-alice") == "standby",
+            timeout=PEERING_LIFETIME_S + 20,
+            what="the standby serving after the active one was killed",
+        )
+        # Not before the killed replica's entry expired: the standby never races a live peer.
+        assert time.monotonic() - killed >= PEERING_LIFETIME_S - 10
+    finally:
+        for replica in (active, standby):
+            if replica is not None:
+                replica.stop()
+                replica.kill()
 
 
 @pytest.mark.slow
