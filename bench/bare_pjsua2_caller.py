@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import pjsua2 as pj
+from bare_endpoint import start_endpoint
 
 
 class _Call(pj.Call):
@@ -43,22 +44,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured calls first")
     args = parser.parse_args()
 
-    endpoint = pj.Endpoint()
-    endpoint.libCreate()
-    config = pj.EpConfig()
-    config.uaConfig.threadCnt = 0
-    config.uaConfig.mainThreadOnly = True
-    config.logConfig.level = 0
-    config.logConfig.consoleLevel = 0
-    config.medConfig.noVad = True
-    endpoint.libInit(config)
-    transport_config = pj.TransportConfig()
-    transport_config.port = 0
-    transport_config.boundAddress = "127.0.0.1"
-    transport_config.publicAddress = "127.0.0.1"
-    transport = endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport_config)
-    endpoint.libStart()
-    endpoint.audDevManager().setNullDev()
+    endpoint, transport = start_endpoint()
     for codec in ("speex", "iLBC", "GSM", "G722"):
         endpoint.codecSetPriority(codec, 0)
     account_config = pj.AccountConfig()

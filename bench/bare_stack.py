@@ -16,27 +16,9 @@ from concurrent import futures
 import grpc
 import pjsua2 as pj
 import redis
+from bare_endpoint import start_endpoint
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-
-def _endpoint() -> pj.Endpoint:
-    endpoint = pj.Endpoint()
-    endpoint.libCreate()
-    config = pj.EpConfig()
-    config.uaConfig.threadCnt = 0
-    config.uaConfig.mainThreadOnly = True
-    config.logConfig.level = 0
-    config.logConfig.consoleLevel = 0
-    config.medConfig.noVad = True
-    endpoint.libInit(config)
-    transport_config = pj.TransportConfig()
-    transport_config.port = 0
-    transport_config.boundAddress = "127.0.0.1"
-    endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport_config)
-    endpoint.libStart()
-    endpoint.audDevManager().setNullDev()
-    return endpoint
 
 
 def main() -> None:
@@ -45,7 +27,7 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args()
 
-    endpoint = _endpoint()
+    endpoint, _ = start_endpoint()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
