@@ -68,6 +68,14 @@ def _peers(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return peers
 
 
+def _create_password_and_peering(cluster: Cluster, namespace: str) -> None:
+    """Alice's SIP password Secret and the peering object the replicas join."""
+    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
+    cluster.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
+    )
+
+
 def _start_replica(
     cluster: Cluster, redis_url: str, namespace: str, log: Path, pod_id: str, *args: str
 ) -> OperatorProcess:
@@ -99,10 +107,7 @@ def _pod_images(cluster: Cluster, namespace: str) -> dict[str, str]:
 def test_two_replicas_elect_one_active_operator_which_hands_over_when_it_stops(
     cluster: Cluster, redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
-    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
-    cluster.custom.create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
-    )
+    _create_password_and_peering(cluster, namespace)
     replicas = {
         pod_id: _start_replica(cluster, redis_server.url, namespace, tmp_path / pod_id, pod_id)
         for pod_id in ("replica-a", "replica-b")
@@ -154,10 +159,7 @@ def test_the_standby_takes_over_within_the_peering_lifetime_when_the_active_one_
     cluster: Cluster, redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
     """A SIGKILLed replica cannot leave the peering object; its entry must expire."""
-    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
-    cluster.custom.create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
-    )
+    _create_password_and_peering(cluster, namespace)
     active = _start_replica(
         cluster, redis_server.url, namespace, tmp_path / "active", "active", "--priority", "2"
     )
@@ -196,10 +198,7 @@ def test_a_replica_paused_by_a_higher_priority_one_stops_acting_until_it_serves_
     The replica of higher priority reads another Redis, so any "ready" status that reaches
     the SipSession comes from the paused one.
     """
-    cluster.create_secret(namespace, "alice-sip", {"password": "pw"})
-    cluster.custom.create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings", {"metadata": {"name": PEERING}}
-    )
+    _create_password_and_peering(cluster, namespace)
     other_redis = RedisServer(tmp_path / "other-redis")
     other_redis.start()
     first = _start_replica(
