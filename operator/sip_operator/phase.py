@@ -146,6 +146,19 @@ def is_registered(observation: Observation) -> bool:
     )
 
 
+def registered_message(observation: Observation) -> str:
+    """Why the Registered condition is what it is: a stale "registered" in the stream of a
+    pod that is not ready does not count, and the message says so."""
+    worker, pod = observation.worker, observation.pod
+    if worker is None:
+        return "no status yet"
+    if observation.deleting:
+        return f"the session is being deleted (last status {worker.type})"
+    if pod is None or not pod.ready:
+        return f"the worker pod is not ready (last status {worker.type})"
+    return f"last status {worker.type}"
+
+
 def now_timestamp() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -200,7 +213,7 @@ def build_status(
                 "Registered",
                 registered,
                 "Registered" if registered else "NotRegistered",
-                (observation.worker.type if observation.worker else "no status yet"),
+                registered_message(observation),
                 generation,
                 old_conditions,
                 now,

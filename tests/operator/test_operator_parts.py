@@ -153,6 +153,49 @@ def test_phase_rules(observation: Observation, expected: str) -> None:
     assert phase.derive_phase(observation)[0] == expected
 
 
+@pytest.mark.parametrize(
+    ("observation", "registered", "message"),
+    [
+        (Observation(pod=_pod()), False, "no status yet"),
+        (
+            Observation(pod=_pod(), worker=WorkerStatus("registered")),
+            True,
+            "last status registered",
+        ),
+        (
+            Observation(pod=_pod("Pending", False), worker=WorkerStatus("registered")),
+            False,
+            "the worker pod is not ready (last status registered)",
+        ),
+        (
+            Observation(worker=WorkerStatus("ready")),
+            False,
+            "the worker pod is not ready (last status ready)",
+        ),
+        (
+            Observation(deleting=True, pod=_pod(), worker=WorkerStatus("ready")),
+            False,
+            "the session is being deleted (last status ready)",
+        ),
+        (
+            Observation(pod=_pod(), worker=WorkerStatus("no_session")),
+            False,
+            "last status no_session",
+        ),
+    ],
+)
+def test_the_registered_condition_says_why(
+    observation: Observation, registered: bool, message: str
+) -> None:
+    common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
+    status = phase.build_status(observation, previous={}, now="T1", **common)
+    condition = next(c for c in status["conditions"] if c["type"] == "Registered")
+    assert (condition["status"], condition["message"]) == (
+        "True" if registered else "False",
+        message,
+    )
+
+
 def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     observation = Observation(pod=_pod(), worker=WorkerStatus("ready"))
     common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
