@@ -280,6 +280,8 @@ def main() -> None:
     print(
         f"ratio required writes directly / direct pod creation (any operator's floor): {ratio:5.2f}"
     )
+    ratio = result["all_statuses_s"] / result["floor_required_writes_s"]
+    print(f"ratio all statuses set / required writes directly:  {ratio:5.2f}")
 
 
 if __name__ == "__main__":
