@@ -9,11 +9,14 @@ import re
 
 _FOLD_RE = re.compile(r"\r?\n[ \t]+")
 _HEADER_LINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
+# PJSUA2 decodes the message with surrogateescape: a byte that is not UTF-8 arrives as a lone
+# surrogate, which protobuf (and so the status history) cannot encode.
+_UNDECODABLE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _header_lines(message: str) -> list[tuple[str, str]]:
     """(name, value) of every header line of `message`, folded lines joined."""
-    head = re.split(r"\r?\n\r?\n", message, maxsplit=1)[0]
+    head = _UNDECODABLE_RE.sub("\ufffd", re.split(r"\r?\n\r?\n", message, maxsplit=1)[0])
     unfolded = _FOLD_RE.sub(" ", head)
     lines = []
     for line in unfolded.splitlines()[1:]:
