@@ -413,3 +413,55 @@ def test_abusive_tcp_clients_change_nothing(
 
         assert_unharmed(worker, before, "abusive TCP clients")
         assert_takes_a_call(worker, sipp_factory, tcp=True)
+
+
+@pytest.mark.parametrize(
+    "invite_count",
+    [
+        20,
+        pytest.param(
+            300,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="PJSIP aborts the process (SIGABRT, ioqueue_select.c:386 "
+                "pj_ioqueue_register_sock2: Assertion '!pj_list_empty(&ioqueue->free_list)'): "
+                "pjsua opens an RTP and an RTCP socket for every incoming INVITE before the "
+                "worker sees it, closed sockets free their ioqueue slot only after 500 ms, and "
+                "the wheel's select ioqueue has 64 slots",
+            ),
+        ),
+    ],
+)
+def test_invite_flood_gets_answers_and_one_call_at_most(
+    session: WorkerProcess, peer: RawPeer, sipp_factory: SippFactory, invite_count: int
+) -> None:
+    after = len(session.history())
+    branches = {uuid.uuid4().hex: uuid.uuid4().hex for _ in range(invite_count)}
+    invites = {
+        call_id: peer.request("INVITE", call_id=call_id, branch=branch, body=VALID_SDP.encode())
+        for call_id, branch in branches.items()
+    }
+    finals: dict[str, bytes] = {}
+    heard: set[str] = set()
+
+    for invite in invites.values():
+        peer.send(invite)
+    deadline = time.monotonic() + 10
+    while len(finals) < len(invites) and time.monotonic() < deadline and session.alive():
+        for message in peer.receive(0.5):
+            call_id = header(message, b"Call-ID", b"i").decode()
+            heard.add(call_id)
+            code = status_code(message)
+            if code is not None and code >= 200 and call_id not in finals:
+                finals[call_id] = message
+                end_incoming_call(peer, call_id, branches[call_id], message)
+        for call_id in invites.keys() - heard:  # like a UAC's timer A: resend the unanswered
+            peer.send(invites[call_id])
+
+    assert session.alive(), f"the flood killed the worker:\n{session.log()}"
+    assert len(finals) == len(invites), f"{len(invites) - len(finals)} INVITEs got no answer"
+    codes = sorted(status_code(final) or 0 for final in finals.values())
+    assert codes.count(200) <= 1, codes
+    assert set(codes) <= {200, 486}, codes
+    assert settled_statuses(session, after) in INCOMING_CALL_OUTCOMES
+    assert_takes_a_call(session, sipp_factory)
