@@ -415,27 +415,9 @@ def test_abusive_tcp_clients_change_nothing(
         assert_takes_a_call(worker, sipp_factory, tcp=True)
 
 
-@pytest.mark.parametrize(
-    "invite_count",
-    [
-        20,
-        pytest.param(
-            300,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PJSIP aborts the process (SIGABRT, ioqueue_select.c:386 "
-                "pj_ioqueue_register_sock2: Assertion '!pj_list_empty(&ioqueue->free_list)'): "
-                "pjsua opens an RTP and an RTCP socket for every incoming INVITE before the "
-                "worker sees it, closed sockets free their ioqueue slot only after 500 ms, and "
-                "the wheel's select ioqueue has 64 slots",
-            ),
-        ),
-    ],
-)
-def test_invite_flood_gets_answers_and_one_call_at_most(
-    session: WorkerProcess, peer: RawPeer, sipp_factory: SippFactory, invite_count: int
-) -> None:
-    after = len(session.history())
+def flood_with_invites(worker: WorkerProcess, peer: RawPeer, invite_count: int) -> list[int]:
+    """Sends `invite_count` INVITEs at once (resending the unanswered, as a UAC's timer A
+    would) and ends each call as its final answer comes; the final codes, sorted."""
     branches = {uuid.uuid4().hex: uuid.uuid4().hex for _ in range(invite_count)}
     invites = {
         call_id: peer.request("INVITE", call_id=call_id, branch=branch, body=VALID_SDP.encode())
@@ -447,7 +429,7 @@ def test_invite_flood_gets_answers_and_one_call_at_most(
     for invite in invites.values():
         peer.send(invite)
     deadline = time.monotonic() + 10
-    while len(finals) < len(invites) and time.monotonic() < deadline and session.alive():
+    while len(finals) < len(invites) and time.monotonic() < deadline and worker.alive():
         for message in peer.receive(0.5):
             call_id = header(message, b"Call-ID", b"i").decode()
             heard.add(call_id)
@@ -455,13 +437,54 @@ def test_invite_flood_gets_answers_and_one_call_at_most(
             if code is not None and code >= 200 and call_id not in finals:
                 finals[call_id] = message
                 end_incoming_call(peer, call_id, branches[call_id], message)
-        for call_id in invites.keys() - heard:  # like a UAC's timer A: resend the unanswered
+        for call_id in invites.keys() - heard:
             peer.send(invites[call_id])
 
-    assert session.alive(), f"the flood killed the worker:\n{session.log()}"
+    assert worker.alive(), f"the flood killed the worker:\n{worker.log()}"
     assert len(finals) == len(invites), f"{len(invites) - len(finals)} INVITEs got no answer"
-    codes = sorted(status_code(final) or 0 for final in finals.values())
-    assert codes.count(200) <= 1, codes
+    return sorted(status_code(final) or 0 for final in finals.values())
+
+
+def one_call_at_a_time(statuses: list[str]) -> list[list[str]]:
+    """`statuses` cut into calls; fails unless each call ends before the next begins."""
+    calls: list[list[str]] = []
+    for status in statuses:
+        if status == "incoming_call_initiated":
+            calls.append([])
+        assert calls, f"a status before any call: {statuses}"
+        calls[-1].append(status)
+    assert all(call in INCOMING_CALL_OUTCOMES for call in calls), statuses
+    return calls
+
+
+@pytest.mark.parametrize("invite_count", [20, 300])
+def test_invite_flood_gets_answers_and_one_call_at_a_time(
+    session: WorkerProcess, peer: RawPeer, sipp_factory: SippFactory, invite_count: int
+) -> None:
+    after = len(session.history())
+
+    codes = flood_with_invites(session, peer, invite_count)
+
+    # The caller ends each answered call at once, so a later INVITE may be answered too.
     assert set(codes) <= {200, 486}, codes
-    assert settled_statuses(session, after) in INCOMING_CALL_OUTCOMES
+    calls = one_call_at_a_time(settled_statuses(session, after))
+    assert codes.count(200) == sum("incoming_call_connected" in call for call in calls)
     assert_takes_a_call(session, sipp_factory)
+
+
+def test_invite_flood_while_declining_every_call(
+    worker: WorkerProcess, registrar: Sipp, sipp_factory: SippFactory
+) -> None:
+    """Every refused INVITE would open media sockets: the refusals must not exhaust them."""
+    start_session(worker, registrar, auto_answer_interval=0)
+    after = len(worker.history())
+
+    with closing(RawPeer(worker.sip_port)) as peer:
+        codes = flood_with_invites(worker, peer, 300)
+
+    assert set(codes) == {486}, codes
+    time.sleep(SETTLE_S)
+    declined = one_call_at_a_time(worker.types()[after:])
+    assert declined, "no INVITE reached the phone"
+    assert all(call == ["incoming_call_initiated", "incoming_call_failed"] for call in declined)
+    assert_takes_a_call(worker, sipp_factory)

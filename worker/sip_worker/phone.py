@@ -59,6 +59,12 @@ TRANSFER_FINAL_NOTIFY_TIMEOUT = 10.0
 # Bound on an API thread's wait for the SIP thread beyond an operation's own timeouts.
 HAND_OFF_TIMEOUT = 30.0
 UNREGISTER_TIMEOUT = 5.0
+# An INVITE the phone refuses keeps PJSUA's one call slot this long before its final answer.
+# Meanwhile PJSUA answers further INVITEs 486 itself, before it opens media for them. Refusing
+# at once would let a flood through to media set-up (an RTP and an RTCP socket per INVITE) and
+# exhaust PJSIP's 64 socket slots, as closed sockets free theirs only after 500 ms: that
+# aborts the process.
+REJECT_DELAY_S = 0.2
 # Bound on the audio of one call waiting to play (about 11 minutes at 48 kHz): it is held in
 # memory-backed temporary files.
 MAX_QUEUED_AUDIO_BYTES = 64 * 1024 * 1024
@@ -207,6 +213,7 @@ class _Call(pj.Call):  # type: ignore[misc]
         super().__init__(account, call_id)
         self.phone = phone
         self.state = state  # None for calls the phone only rejects
+        self.disconnected = False
 
     @_guarded
     def onCallState(self, prm: Any) -> None:
@@ -214,6 +221,7 @@ class _Call(pj.Call):  # type: ignore[misc]
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
             self.phone._on_call_confirmed(self)
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
             self.phone._on_call_disconnected(self, int(info.lastStatusCode), str(info.lastReason))
 
     @_guarded
@@ -270,6 +278,7 @@ class Phone:
         self._session_interval: int | None = None  # the session's auto-answer interval
         self._call: _Call | None = None
         self._retired: list[object] = []  # PJSUA2 objects to free outside callbacks
+        self._rejecting: list[_Call] = []  # refused calls awaiting their final answer
         self._last_timestamp_ns = 0  # the history's timestamps never go backwards
 
     # ----------------------------------------------------------------- life cycle
@@ -333,8 +342,9 @@ class Phone:
         endpoint = self._endpoint
         while self._running:
             endpoint.libHandleEvents(self._hand_off.poll_timeout_ms(IDLE_POLL_MS))
+            self._free_retired()
             self._hand_off.run_pending()
-            self._retired.clear()
+            self._free_retired()
         self._ready = False
         del endpoint
         self._hand_off.close()
@@ -391,6 +401,7 @@ class Phone:
     def _destroy_endpoint(self) -> None:
         self._call = None
         self._account = self._registering = None
+        self._rejecting.clear()
         self._retired.clear()
         gc.collect()
         if self._endpoint is not None:
@@ -452,6 +463,19 @@ class Phone:
     def _retire(self, thing: object) -> None:
         """Frees a PJSUA2 object after the current callback, still on the SIP thread."""
         self._retired.append(thing)
+
+    def _free_retired(self) -> None:
+        """Frees the retired objects, but keeps each disconnected call whose id PJSUA has
+        already given to a new call (it reuses ids, even within one poll): freeing it would
+        hang that new call up and cut it off from its own object. A kept call costs about a
+        kilobyte, and only under floods of INVITEs."""
+        live = (self._call, *self._rejecting)
+        taken = {call.getId() for call in live if call is not None and not call.disconnected}
+        for thing in self._retired:
+            if isinstance(thing, _Call) and thing.disconnected and thing.getId() in taken:
+                thing.state = None
+                thing.__disown__()  # PJSUA2 (C++) now owns it, and never deletes it
+        self._retired.clear()
 
     # ----------------------------------------------------------------- statuses
 
@@ -828,12 +852,24 @@ class Phone:
         )
 
     def _reject(self, call: _Call, code: int) -> None:
-        parameters = pj.CallOpParam()
-        parameters.statusCode = code
-        try:
-            call.hangup(parameters)
-        except pj.Error as error:
-            log.warning("could not reject an incoming call: %s", error.reason)
+        if self._stopping:
+            self._send_rejection(call, code)
+        else:
+            self._rejecting.append(call)
+            self._hand_off.schedule(
+                REJECT_DELAY_S, functools.partial(self._send_rejection, call, code)
+            )
+
+    def _send_rejection(self, call: _Call, code: int) -> None:
+        if call in self._rejecting:
+            self._rejecting.remove(call)
+        if not call.disconnected:  # the caller may have given up meanwhile
+            parameters = pj.CallOpParam()
+            parameters.statusCode = code
+            try:
+                call.hangup(parameters)
+            except pj.Error as error:
+                log.warning("could not reject an incoming call: %s", error.reason)
         if call.state is None:
             self._retire(call)
 
