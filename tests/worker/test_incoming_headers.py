@@ -1,6 +1,8 @@
-"""Reading the caller and X- headers from a raw INVITE."""
+"""Reading the caller, X- headers and body completeness from a raw INVITE."""
 
-from sip_worker.incoming_headers import caller_uri, custom_headers
+import pytest
+
+from sip_worker.incoming_headers import body_is_truncated, caller_uri, custom_headers
 
 INVITE = (
     "INVITE sip:worker@127.0.0.1:5060 SIP/2.0\r\n"
@@ -35,3 +37,26 @@ def test_caller_keeps_the_port() -> None:
         "sip:sipp@127.0.0.1:5071"
     )
     assert caller_uri("INVITE sip:a@b SIP/2.0\r\n\r\n") is None
+
+
+HEAD = "INVITE sip:worker@127.0.0.1 SIP/2.0\r\nCall-ID: 1\r\n"
+
+
+@pytest.mark.parametrize(
+    ("message", "truncated"),
+    [
+        (HEAD + "Content-Length: 4\r\n\r\nv=0\n", False),
+        (HEAD + "Content-Length: 5\r\n\r\nv=0\n", True),
+        (HEAD + "l: 5\r\n\r\nv=0\n", True),
+        (HEAD + "Content-Length: 2\r\n\r\nv=0\n", False),  # extra bytes are dropped, not an error
+        (HEAD + "Content-Length: 0\r\n\r\n", False),
+        (HEAD + "Content-Length: 1\r\n\r\n", True),
+        (HEAD + "Content-Length: 1\r\n", True),  # no blank line: no body at all
+        (HEAD + "Content-Length: 2\r\n\r\n\udce9\udce9", False),  # bytes, not characters
+        (HEAD + "Content-Length: 3\r\n\r\n\u00e9", True),  # one character, two bytes
+        (HEAD + "Content-Length: -1\r\n\r\n", False),  # malformed: PJSIP's to judge
+        (HEAD + "\r\nv=0\n", False),  # no Content-Length
+    ],
+)
+def test_a_body_shorter_than_its_content_length_is_truncated(message: str, truncated: bool) -> None:
+    assert body_is_truncated(message) is truncated

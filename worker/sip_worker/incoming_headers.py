@@ -1,4 +1,5 @@
-"""The caller and the `X-` headers of an incoming SIP request, read from its raw text.
+"""The caller, the `X-` headers and the completeness of an incoming SIP request, read from
+its raw text.
 
 PJSUA2 hands an incoming INVITE to the application only as the whole message text, so the
 header section is parsed here: names are matched case-insensitively, folded lines are joined,
@@ -12,11 +13,12 @@ _HEADER_LINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 # PJSUA2 decodes the message with surrogateescape: a byte that is not UTF-8 arrives as a lone
 # surrogate, which protobuf (and so the status history) cannot encode.
 _UNDECODABLE_RE = re.compile("[\ud800-\udfff]")
+_HEAD_END_RE = re.compile(r"\r?\n\r?\n")
 
 
 def _header_lines(message: str) -> list[tuple[str, str]]:
     """(name, value) of every header line of `message`, folded lines joined."""
-    head = _UNDECODABLE_RE.sub("\ufffd", re.split(r"\r?\n\r?\n", message, maxsplit=1)[0])
+    head = _UNDECODABLE_RE.sub("\ufffd", _HEAD_END_RE.split(message, maxsplit=1)[0])
     unfolded = _FOLD_RE.sub(" ", head)
     lines = []
     for line in unfolded.splitlines()[1:]:
@@ -45,3 +47,15 @@ def custom_headers(message: str) -> dict[str, str]:
             continue
         found.setdefault(name.lower(), (name, []))[1].append(value.strip())
     return {spelling: ", ".join(values) for spelling, values in found.values()}
+
+
+def body_is_truncated(message: str) -> bool:
+    """Whether `message` declares (Content-Length) more body bytes than it carries. PJSIP
+    takes such a datagram as it is; RFC 3261 18.3 asks for a 400 instead."""
+    parts = _HEAD_END_RE.split(message, maxsplit=1)
+    body = parts[1].encode("utf-8", "surrogateescape") if len(parts) == 2 else b""
+    for name, value in _header_lines(message):
+        if name.lower() in ("content-length", "l"):
+            declared = value.strip()
+            return declared.isdigit() and int(declared) > len(body)
+    return False

@@ -40,7 +40,7 @@ from sip_worker.errors import (
 )
 from sip_worker.hand_off import HandOff, Timer
 from sip_worker.history import StatusHistory
-from sip_worker.incoming_headers import caller_uri, custom_headers
+from sip_worker.incoming_headers import body_is_truncated, caller_uri, custom_headers
 from sip_worker.validation import AccountName, check_headers, parse_account_name, target_uri
 from sip_worker.wav import playable_wav
 
@@ -819,6 +819,9 @@ class Phone:
             self._append(SipStatus.outgoing_call_initiated, state)
 
     def _on_incoming_call(self, account: _Account, call_id: int, message: str) -> None:
+        if body_is_truncated(message):
+            self._reject(_Call(self, account, call_id, None), 400)
+            return
         if self._stopping:
             self._reject(_Call(self, account, call_id, None), 503)
             return
