@@ -198,3 +198,18 @@ def start_session(worker: WorkerProcess, registrar: Sipp, auto_answer_interval: 
         timeout=10,
     )
     return account
+
+
+def start_tcp_session(
+    worker_factory: WorkerFactory, sipp_factory: Callable[..., Sipp]
+) -> tuple[WorkerProcess, Sipp]:
+    """A worker on SIP over TCP with a session (auto-answer 1 s) at a TCP sipp registrar."""
+    worker = worker_factory("--sip-transport", "tcp")
+    registrar = sipp_factory(
+        "registrar_auth.xml",
+        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
+        args=["-m", "1"],
+        transport="tcp",
+    )
+    start_session(worker, registrar, auto_answer_interval=1)
+    return worker, registrar

@@ -18,7 +18,7 @@ import pytest
 
 from ondewo.sip import sip_pb2
 from tests.support.sipp import Sipp
-from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, WorkerProcess, start_session
+from tests.worker.conftest import WorkerProcess, start_session, start_tcp_session
 from tests.worker.test_outgoing_call import start_call
 
 SippFactory = Callable[..., Sipp]
@@ -386,14 +386,7 @@ def test_rtp_garbage_during_a_call_changes_nothing(
 def test_abusive_tcp_clients_change_nothing(
     worker_factory: Callable[..., WorkerProcess], sipp_factory: SippFactory
 ) -> None:
-    worker = worker_factory("--sip-transport", "tcp")
-    registrar = sipp_factory(
-        "registrar_auth.xml",
-        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
-        args=["-m", "1"],
-        transport="tcp",
-    )
-    start_session(worker, registrar, auto_answer_interval=1)
+    worker, _ = start_tcp_session(worker_factory, sipp_factory)
     before = worker.history()
     address = ("127.0.0.1", worker.sip_port)
 

@@ -4,21 +4,14 @@ from collections.abc import Callable
 
 from ondewo.sip import sip_pb2
 from tests.support.sipp import Sipp
-from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, WorkerProcess, start_session
+from tests.worker.conftest import WorkerProcess, start_session, start_tcp_session
 
 
 def test_register_and_call_over_tcp(
     worker_factory: Callable[..., WorkerProcess], sipp_factory: Callable[..., Sipp]
 ) -> None:
-    worker = worker_factory("--sip-transport", "tcp")
-    registrar = sipp_factory(
-        "registrar_auth.xml",
-        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
-        args=["-m", "1"],
-        transport="tcp",
-    )
+    worker, registrar = start_tcp_session(worker_factory, sipp_factory)
     uas = sipp_factory("uas", transport="tcp")
-    start_session(worker, registrar, auto_answer_interval=1)
 
     worker.stub.StartCall(
         sip_pb2.StartCallRequest(callee_id=f"sip:svc@{uas.address};transport=tcp"), timeout=10
