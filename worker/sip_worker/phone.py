@@ -59,11 +59,11 @@ TRANSFER_FINAL_NOTIFY_TIMEOUT = 10.0
 # Bound on an API thread's wait for the SIP thread beyond an operation's own timeouts.
 HAND_OFF_TIMEOUT = 30.0
 UNREGISTER_TIMEOUT = 5.0
-# An INVITE the phone refuses keeps PJSUA's one call slot this long before its final answer.
-# Meanwhile PJSUA answers further INVITEs 486 itself, before it opens media for them. Refusing
-# at once would let a flood through to media set-up (an RTP and an RTCP socket per INVITE) and
-# exhaust PJSIP's 64 socket slots, as closed sockets free theirs only after 500 ms: that
-# aborts the process.
+# A refused INVITE keeps its PJSUA call slot this long before its final answer. PJSUA opens an
+# RTP and an RTCP socket for every INVITE it gives a slot; refusing at once would let a flood
+# through to media set-up and exhaust PJSIP's 64 socket slots (closed sockets free theirs only
+# after 500 ms), which aborts the process. Held call slots cap that: while all are taken, PJSUA
+# answers 486 itself and opens nothing.
 REJECT_DELAY_S = 0.2
 # Bound on the audio of one call waiting to play (about 11 minutes at 48 kHz): it is held in
 # memory-backed temporary files.
