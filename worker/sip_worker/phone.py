@@ -469,6 +469,8 @@ class Phone:
         already given to a new call (it reuses ids, even within one poll): freeing it would
         hang that new call up and cut it off from its own object. A kept call costs about a
         kilobyte, and only under floods of INVITEs."""
+        if not self._retired:
+            return
         live = (self._call, *self._rejecting)
         taken = {call.getId() for call in live if call is not None and not call.disconnected}
         for thing in self._retired:
