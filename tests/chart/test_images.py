@@ -148,6 +148,7 @@ def test_the_build_context_is_only_what_the_images_need() -> None:
             ("pyproject.toml",),
             ("README.md",),
             ("protos", "ondewo"),
+            ("protos", "sip_contract"),
             ("worker", "sip_worker"),
             ("operator", "sip_operator"),
         ), path
@@ -184,5 +185,6 @@ def test_the_build_context_builds_the_distribution(tmp_path: Path) -> None:
     assert "sip_worker/main.py" in names
     assert "sip_operator/main.py" in names
     assert "ondewo/sip/sip_pb2.py" in names
+    assert "sip_contract/status.py" in names
     assert "sip-worker = sip_worker.main:main" in scripts
     assert "sip-operator = sip_operator.main:main" in scripts

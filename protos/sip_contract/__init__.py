@@ -1,0 +1,1 @@
+"""What the worker, the operator and the tests agree on beyond the gRPC wire: see `status`."""
