@@ -10,32 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sip_contract.status import SessionState, meaning_of_name
+
 PENDING = "Pending"
 STARTING = "Starting"
 READY = "Ready"
 IN_CALL = "InCall"
 FAILED = "Failed"
 TERMINATING = "Terminating"
-
-# SipStatus types while a call is up or being set up or torn down.
-CALL_TYPES = frozenset(
-    {
-        "incoming_call_initiated",
-        "outgoing_call_initiated",
-        "outgoing_call_connected",
-        "incoming_call_connected",
-        "transfer_call_initiated",
-        "soft_hangup_initiated",
-        "hard_hangup_initiated",
-    }
-)
-# Types after which the account is no longer (or not yet) registered.
-UNREGISTERED_TYPES = frozenset({"no_session"})
-# Types that mean the session is up (a finished or failed call leaves it ready).
-SESSION_TYPES = frozenset(
-    {"ready", "incoming_call_failed", "outgoing_call_failed"}
-    | {"incoming_call_finished", "outgoing_call_finished"}
-)
 
 
 @dataclass(frozen=True)
@@ -128,9 +110,12 @@ def derive_phase(observation: Observation) -> tuple[str, str]:
         return PENDING, f"worker pod {pod.name} is {pod.phase or 'Pending'}"
     if not pod.ready:
         return STARTING, "waiting for the worker to report healthy"
-    if worker is not None and worker.type in CALL_TYPES:
+    # A type this operator does not know (a newer worker's) counts as neither a call nor an
+    # open session, and leaves the account registered.
+    meaning = meaning_of_name(worker.type) if worker is not None else None
+    if worker is not None and meaning is not None and meaning.in_call:
         return IN_CALL, f"{worker.type} {worker.callee_id}".strip()
-    if observation.start_session and (worker is None or worker.type not in SESSION_TYPES):
+    if observation.start_session and (meaning is None or meaning.session is not SessionState.READY):
         return STARTING, "the worker is registering the account and starting the session"
     return READY, "the worker is ready"
 
@@ -142,8 +127,14 @@ def is_registered(observation: Observation) -> bool:
         and pod is not None
         and pod.ready
         and worker is not None
-        and worker.type not in UNREGISTERED_TYPES
+        and _session_state(worker) is not SessionState.NONE
     )
+
+
+def _session_state(worker: WorkerStatus) -> SessionState | None:
+    """What the worker's last status leaves the session in; None for an unknown type."""
+    meaning = meaning_of_name(worker.type)
+    return meaning.session if meaning is not None else None
 
 
 def registered_message(observation: Observation) -> str:

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import MEANINGS, SessionState, StatusType
 from sip_operator import phase
 from sip_operator.phase import Observation, PodState, WorkerStatus
 from sip_operator.pod_builder import child_names, session_label
@@ -151,6 +153,43 @@ def _pod(phase_name: str | None = "Running", ready: bool = True) -> PodState:
 )
 def test_phase_rules(observation: Observation, expected: str) -> None:
     assert phase.derive_phase(observation)[0] == expected
+
+
+IN_CALL_TYPES = [SipStatus.StatusType.Name(t) for t, m in MEANINGS.items() if m.in_call]
+
+
+@pytest.mark.parametrize("start_session", [True, False])
+@pytest.mark.parametrize("type_name", IN_CALL_TYPES)
+def test_every_in_call_type_is_in_call(type_name: str, start_session: bool) -> None:
+    """A type the contract says is in a call can never fall through to Starting or Ready."""
+    observation = Observation(
+        pod=_pod(), worker=WorkerStatus(type_name, callee_id="bob"), start_session=start_session
+    )
+    assert phase.derive_phase(observation) == (phase.IN_CALL, f"{type_name} bob")
+
+
+@pytest.mark.parametrize("status_type", list(MEANINGS), ids=SipStatus.StatusType.Name)
+def test_the_phase_of_every_type_follows_its_meaning(status_type: StatusType) -> None:
+    meaning = MEANINGS[status_type]
+    worker = WorkerStatus(SipStatus.StatusType.Name(status_type))
+    if meaning.in_call:
+        expected = phase.IN_CALL
+    elif meaning.session is SessionState.READY:
+        expected = phase.READY
+    else:
+        expected = phase.STARTING
+    assert phase.derive_phase(Observation(pod=_pod(), worker=worker))[0] == expected
+    registered = phase.is_registered(Observation(pod=_pod(), worker=worker))
+    assert registered is (meaning.session is not SessionState.NONE)
+
+
+def test_an_unknown_type_is_starting_and_registered() -> None:
+    """A type from a newer worker: not a call, not an open session, registered."""
+    worker = WorkerStatus("some_future_type")
+    assert phase.derive_phase(Observation(pod=_pod(), worker=worker))[0] == phase.STARTING
+    without_session = Observation(pod=_pod(), worker=worker, start_session=False)
+    assert phase.derive_phase(without_session)[0] == phase.READY
+    assert phase.is_registered(Observation(pod=_pod(), worker=worker))
 
 
 @pytest.mark.parametrize(
