@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from sip_contract.status import session_key
 from sip_operator.session_spec import API_VERSION, KIND, SessionSpec
 from sip_operator.settings import OperatorSettings
 
@@ -166,7 +167,7 @@ def _worker_env(
     env = [
         _env("SIP_WORKER_ACCOUNT", spec.account_name),
         _secret_env("SIP_WORKER_PASSWORD", spec.password_ref.name, spec.password_ref.key),
-        _env("SIP_WORKER_SESSION_KEY", f"{session.namespace}/{session.name}"),
+        _env("SIP_WORKER_SESSION_KEY", session_key(session.namespace, session.name)),
         _env("SIP_WORKER_REDIS_URL", settings.worker_redis_url),
         _env("SIP_WORKER_HISTORY_MAX_LEN", str(spec.history_max_length)),
         _env("SIP_WORKER_AUTO_ANSWER_INTERVAL", str(spec.auto_answer_interval)),

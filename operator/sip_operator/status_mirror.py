@@ -1,11 +1,11 @@
 """Follows every session's history stream in Redis with blocking XREADs, not a poller each.
 
-Workers append each SipStatus to `sip:{<namespace>/<name>}:history` (fields `status`: the
-serialized ondewo.sip.SipStatus, `type`: its type name, `seq`). A reader connection blocks in
-`XREAD BLOCK ... STREAMS <its streams>`; when a stream joins it, `CLIENT UNBLOCK` wakes it (and
-the bounded block time wakes it anyway), so a new session is followed at once. The newest entry
-of each stream that moved is handed to a callback. Streams of deleted sessions get their
-retention set with EXPIRE.
+Workers append each SipStatus to the session's stream `sip:{<namespace>/<name>}:history`
+(sip_contract.status.stream_key), with fields `status`: the serialized ondewo.sip.SipStatus,
+`type`: its type name, `seq`. A reader connection blocks in `XREAD BLOCK ... STREAMS <its
+streams>`; when a stream joins it, `CLIENT UNBLOCK` wakes it (and the bounded block time wakes it
+anyway), so a new session is followed at once. The newest entry of each stream that moved is
+handed to a callback. Streams of deleted sessions get their retention set with EXPIRE.
 
 On one Redis server, ONE reader follows every stream. A Redis Cluster (`?cluster=true` in the
 URL) refuses a command whose keys lie in different hash slots, on any node (CROSSSLOT), and
@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from ondewo.sip import sip_pb2
+from sip_contract.status import session_key, stream_key
 from sip_operator.phase import WorkerStatus
 from sip_worker.redis_connection import PASSWORD_ENV, parse_redis_url
 
@@ -41,9 +42,9 @@ _ENTRIES_PER_STREAM = 64  # only the newest matters; a cap keeps one reply small
 _COMMAND_TIMEOUT = 30.0
 
 
-def stream_key(session: SessionKey) -> str:
-    """The worker's stream for session key `<namespace>/<name>` (hash tag: one cluster slot)."""
-    return f"sip:{{{session[0]}/{session[1]}}}:history"
+def _stream(session: SessionKey) -> str:
+    """The worker's history stream of the session (one cluster slot: see sip_contract)."""
+    return stream_key(session_key(*session))
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> WorkerStatus:
@@ -163,7 +164,7 @@ class StatusMirror:
 
     async def expire(self, session: SessionKey, seconds: int) -> bool:
         """Lets the stream expire `seconds` from now; False if it does not exist."""
-        return bool(await self._commands.expire(stream_key(session), seconds))
+        return bool(await self._commands.expire(_stream(session), seconds))
 
     async def close(self) -> None:
         await self._stop_readers()
@@ -172,7 +173,7 @@ class StatusMirror:
     def _group(self, session: SessionKey) -> Group:
         if self._cluster is None:
             return None
-        return key_slot(stream_key(session).encode())
+        return key_slot(_stream(session).encode())
 
     async def run(self, on_status: StatusCallback) -> None:
         """Hands each followed stream's newest entry to `on_status` until cancelled.
@@ -268,8 +269,8 @@ class StatusMirror:
     async def _read(self, group: Group, reader: _Reader) -> None:
         """Reads the group's streams until it has none left (or Redis fails)."""
         while members := self._members.get(group):
-            streams: dict[Any, Any] = {stream_key(s): self._last_ids[s] for s in members}
-            sessions = {stream_key(s): s for s in members}
+            streams: dict[Any, Any] = {_stream(s): self._last_ids[s] for s in members}
+            sessions = {_stream(s): s for s in members}
             reply = await reader.read(streams, self._block_ms)
             self._reachable()
             for name, entries in cast(list[tuple[bytes, list[Entry]]], reply):
@@ -298,8 +299,8 @@ class StatusMirror:
         joined: set[Group] = set()
         async with self._commands.pipeline(transaction=False) as pipe:
             for session in batch:
-                pipe.persist(stream_key(session))
-                pipe.xrevrange(stream_key(session), count=1)
+                pipe.persist(_stream(session))
+                pipe.xrevrange(_stream(session), count=1)
             replies = await pipe.execute()
         for index, session in enumerate(batch):
             if session not in self._unloaded:

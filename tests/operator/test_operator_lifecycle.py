@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from sip_contract.status import session_key
 from tests.support.operator_harness import (
     Cluster,
     OperatorProcess,
@@ -61,7 +62,7 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
     env = _env(container)
     literal = {name: item.get("value") for name, item in env.items() if "value" in item}
     assert literal["SIP_WORKER_ACCOUNT"] == "sip:support@pbx.example.com:5060"
-    assert literal["SIP_WORKER_SESSION_KEY"] == f"{namespace}/support-line"
+    assert literal["SIP_WORKER_SESSION_KEY"] == session_key(namespace, "support-line")
     assert literal["SIP_WORKER_REDIS_URL"] == operator.redis_url
     assert literal["SIP_WORKER_HISTORY_MAX_LEN"] == "50000"
     assert literal["SIP_WORKER_AUTO_ANSWER_INTERVAL"] == "3"

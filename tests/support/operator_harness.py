@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import kubernetes
 
 from ondewo.sip import sip_pb2
+from sip_contract import status as contract
 from tests.support.k8s_emulator import GROUP, SIPSESSIONS, VERSION, EmulatorThread
 
 T = TypeVar("T")
@@ -212,4 +213,6 @@ def sip_status_entry(
 
 
 def stream_key(namespace: str, name: str) -> str:
-    return f"sip:{{{namespace}/{name}}}:history"
+    """The history stream of the SipSession `namespace/name`, as workers and the operator name
+    it (sip_contract)."""
+    return contract.stream_key(contract.session_key(namespace, name))
