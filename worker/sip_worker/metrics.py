@@ -16,9 +16,8 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import MEANINGS, CallStep, Direction, SessionState
 from sip_worker.history import StatusHistory
-
-_Type = SipStatus.StatusType
 
 CALLS = Counter(
     "sip_worker_calls",
@@ -56,27 +55,10 @@ HISTORY_WRITE = Histogram(
     ),
 )  # fmt: skip
 
-for _direction in ("incoming", "outgoing"):
+for _direction in Direction:
     for _outcome in ("connected", "failed"):
-        CALLS.labels(_direction, _outcome)
-    CALL_DURATION.labels(_direction)
-
-_INITIATED = {
-    _Type.incoming_call_initiated: "incoming",
-    _Type.outgoing_call_initiated: "outgoing",
-}
-_CONNECTED = {
-    _Type.incoming_call_connected: "incoming",
-    _Type.outgoing_call_connected: "outgoing",
-}
-_FAILED = {
-    _Type.incoming_call_failed: "incoming",
-    _Type.outgoing_call_failed: "outgoing",
-}
-_FINISHED = {
-    _Type.incoming_call_finished: "incoming",
-    _Type.outgoing_call_finished: "outgoing",
-}
+        CALLS.labels(_direction.value, _outcome)
+    CALL_DURATION.labels(_direction.value)
 
 
 def watch_history_buffer(depth: Callable[[], int]) -> None:
@@ -119,25 +101,29 @@ class MetricsHistory:
             self._observe(status)
 
     def _observe(self, status: SipStatus) -> None:
-        kind = status.status_type
+        meaning = MEANINGS.get(status.status_type)
+        if meaning is None:
+            return  # a type this version does not know says nothing it could count
         when = status.timestamp.ToNanoseconds() / 1e9 if status.HasField("timestamp") else None
-        if kind in (_Type.registered, _Type.ready):
-            REGISTERED.set(1)
-        elif kind == _Type.no_session:
-            REGISTERED.set(0)
-        elif kind in _INITIATED:
+        step, direction = meaning.call, meaning.direction
+        if step is None:
+            REGISTERED.set(0 if meaning.session is SessionState.NONE else 1)
+        elif step is CallStep.INITIATED:
             CALL_ACTIVE.set(1)
             self._connected_at = None
-        elif kind in _CONNECTED:
-            CALLS.labels(_CONNECTED[kind], "connected").inc()
+        elif direction is None:
+            return  # transfer and hangup steps: the call goes on until it fails or finishes
+        elif step is CallStep.CONNECTED:
+            CALLS.labels(direction.value, "connected").inc()
             self._connected_at = when
-        elif kind in _FAILED:
-            CALLS.labels(_FAILED[kind], "failed").inc()
+        elif step is CallStep.FAILED:
+            CALLS.labels(direction.value, "failed").inc()
             CALL_ACTIVE.set(0)
             self._connected_at = None
-        elif kind in _FINISHED:
+        elif step is CallStep.FINISHED:
             if self._connected_at is not None and when is not None:
-                CALL_DURATION.labels(_FINISHED[kind]).observe(max(0.0, when - self._connected_at))
+                duration = max(0.0, when - self._connected_at)
+                CALL_DURATION.labels(direction.value).observe(duration)
             CALL_ACTIVE.set(0)
             self._connected_at = None
 
