@@ -34,8 +34,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ondewo.sip import sip_pb2_grpc
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import stream_key
 from sip_worker.embedded_redis import EmbeddedRedis, free_port
-from sip_worker.redis_history import open_history, stream_key
+from sip_worker.redis_history import open_history
 
 APPENDS = 3000
 WARMUP = 300

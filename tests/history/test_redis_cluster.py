@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip.sip_pb2 import SipStatus
-from sip_worker.redis_history import HistoryConfigError, open_history, stream_key
+from sip_contract.status import stream_key
+from sip_worker.redis_history import HistoryConfigError, open_history
 from tests.support.redis_cluster import RedisClusterOfThree
 from tests.support.sipp import Sipp
 from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, start_session, start_worker

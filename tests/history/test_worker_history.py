@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip import sip_pb2
-from sip_worker.redis_history import stream_key
+from sip_contract.status import stream_key
 from tests.support.redis_server import RedisServer
 from tests.support.sipp import Sipp, free_tcp_port
 from tests.support.worker_cli import run_sip_worker

@@ -19,8 +19,8 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sip_contract.status import stream_key
 from sip_worker.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from sip_worker.redis_history import stream_key
 
 SESSION_KEY = "local"
 STARTUP_TIMEOUT = 60.0
