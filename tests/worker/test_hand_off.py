@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from sip_worker.errors import Unreachable, WrongState
-from sip_worker.hand_off import HandOff
+from sip_worker.phone.hand_off import HandOff
 
 
 def test_closures_run_in_order_with_results_and_errors() -> None:

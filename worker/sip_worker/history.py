@@ -1,10 +1,9 @@
 """The ordered, timestamped history of every SipStatus a session produced.
 
-The servicer and the phone only see `StatusHistory`; where the entries live (memory,
-a Redis stream) is the implementation's business.
+The servicer and the phone only see `StatusHistory`; where the entries live (a Redis stream,
+or memory in tests) is the implementation's business.
 """
 
-import threading
 from typing import Protocol
 
 from ondewo.sip.sip_pb2 import SipStatus
@@ -13,8 +12,10 @@ from ondewo.sip.sip_pb2 import SipStatus
 class StatusHistory(Protocol):
     """Append-only history of one session. Implementations are thread-safe."""
 
-    def append(self, status: SipStatus) -> None:
-        """Records `status` (already timestamped) after every earlier one."""
+    def append(self, status: SipStatus, *, expect_follow_up: bool = False) -> None:
+        """Records `status` (already timestamped) after every earlier one. With
+        `expect_follow_up`, the next status is expected within milliseconds: storage may hold
+        this one back briefly to write both at once (reads see it at once all the same)."""
 
     def last(self) -> SipStatus | None:
         """The newest status, or None before the first."""
@@ -24,26 +25,3 @@ class StatusHistory(Protocol):
 
     def close(self) -> None:
         """Flushes what can be flushed and releases resources."""
-
-
-class MemoryHistory:
-    """A history held in process memory only: lost with the process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: list[SipStatus] = []
-
-    def append(self, status: SipStatus) -> None:
-        with self._lock:
-            self._entries.append(status)
-
-    def last(self) -> SipStatus | None:
-        with self._lock:
-            return self._entries[-1] if self._entries else None
-
-    def entries(self) -> list[SipStatus]:
-        with self._lock:
-            return list(self._entries)
-
-    def close(self) -> None:
-        pass

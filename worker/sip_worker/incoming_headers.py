@@ -28,14 +28,19 @@ def _header_lines(message: str) -> list[tuple[str, str]]:
     return lines
 
 
+def address_of(name_addr: str) -> str:
+    """`sip:user@host` from a name-addr such as `"Bob" <sip:bob@host>;tag=x`."""
+    start, end = name_addr.find("<"), name_addr.find(">")
+    if 0 <= start < end:
+        return name_addr[start + 1 : end]
+    return name_addr.split(";", 1)[0].strip()
+
+
 def caller_uri(message: str) -> str | None:
     """The URI of the From header (`sip:user@host:port`, port kept), or None without one."""
     for name, value in _header_lines(message):
         if name.lower() in ("from", "f"):
-            start, end = value.find("<"), value.find(">")
-            if 0 <= start < end:
-                return value[start + 1 : end]
-            return value.split(";", 1)[0].strip()
+            return address_of(value)
     return None
 
 

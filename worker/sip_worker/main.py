@@ -27,7 +27,7 @@ from sip_worker.config import (
 from sip_worker.errors import PhoneError
 from sip_worker.history import StatusHistory
 from sip_worker.logging_setup import configure_logging
-from sip_worker.phone import Phone, PhoneSettings
+from sip_worker.phone import Phone
 from sip_worker.redis_connection import PASSWORD_ENV as REDIS_PASSWORD_ENV
 from sip_worker.redis_history import HistoryConfigError, RedisHistory, open_history
 from sip_worker.server import ServerError, WorkerServer
@@ -90,19 +90,6 @@ def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _phone_settings(config: WorkerConfig) -> PhoneSettings:
-    return PhoneSettings(
-        sip_host=config.sip_host,
-        sip_port=config.sip_port,
-        sip_transport=config.sip_transport,
-        rtp_port=config.rtp_port,
-        public_address=config.public_address,
-        auth_username=config.auth_username,
-        outbound_proxy=config.outbound_proxy,
-        soft_hangup_timeout=config.soft_hangup_timeout,
-    )
 
 
 def _start_boot_session(
@@ -171,7 +158,7 @@ def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> i
     if config.metrics_port:
         metrics.watch_history_buffer(lambda: durable_history.buffer_depth)
         history = metrics.MetricsHistory(durable_history)
-    phone = Phone(_phone_settings(config), history)
+    phone = Phone(config, history)
     try:
         phone.start()
     except PhoneError as error:

@@ -95,8 +95,8 @@ class MetricsHistory:
         REGISTERED.set(0)
         CALL_ACTIVE.set(0)
 
-    def append(self, status: SipStatus) -> None:
-        self._inner.append(status)
+    def append(self, status: SipStatus, *, expect_follow_up: bool = False) -> None:
+        self._inner.append(status, expect_follow_up=expect_follow_up)
         with self._lock:
             self._observe(status)
 

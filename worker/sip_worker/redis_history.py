@@ -23,11 +23,12 @@ Redis. Writes are idempotent and ordered:
   its replacement starts) interleave without losing anything.
 Every write trims the stream to exactly `max_len` entries.
 
-An outgoing call's `outgoing_call_initiated` is held back for up to `INITIATED_HOLD`, or until
-the call's next status arrives: it is recorded once the INVITE is out, and writing it at once
-would compete for the CPU and the GIL with the SIP exchange that connects the call (measured
-on 2 cores: call setup 0.35 ms slower). A peer that answers at once gets the pair written in one
-round trip after the exchange; any other status is written as soon as it is appended.
+A status appended with `expect_follow_up` (the phone's recorder says so for an outgoing call's
+initiated, recorded once the INVITE is out) is held back for up to `FOLLOW_UP_HOLD`, or until
+the next status arrives: writing it at once would compete for the CPU and the GIL with the SIP
+exchange that connects the call (measured on 2 cores: call setup 0.35 ms slower). A peer that
+answers at once gets the pair written in one round trip after the exchange; any other status
+is written as soon as it is appended.
 
 While Redis is unreachable, statuses wait in that queue, in order; the writer retries with
 backoff and logs the outage once and its end once. The queue holds at most `max_len`
@@ -54,6 +55,7 @@ import redis
 from google.protobuf.message import DecodeError
 
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import stream_key
 from sip_worker.redis_connection import (
     PASSWORD_ENV,
     RedisClient,
@@ -69,8 +71,8 @@ DEFAULT_MAX_LEN = 10_000
 STARTUP_TIMEOUT = 10.0
 # How long close() keeps trying to write what is still queued.
 CLOSE_TIMEOUT = 5.0
-# Bound on how much later an `outgoing_call_initiated` may reach Redis (see the docstring).
-INITIATED_HOLD = 0.02
+# Bound on how much later a status with `expect_follow_up` may reach Redis (see the docstring).
+FOLLOW_UP_HOLD = 0.02
 _BATCH_LIMIT = 256
 _LOAD_PAGE = 10_000
 _FIRST_BACKOFF = 0.05
@@ -139,10 +141,6 @@ class HistoryConfigError(Exception):
     """The history cannot start with this configuration; the message says why and what to do."""
 
 
-def stream_key(session_key: str) -> str:
-    return f"sip:{{{session_key}}}:history"
-
-
 WriteObserver = Callable[[list[float]], None]
 
 
@@ -201,23 +199,15 @@ class RedisHistory:
         self._thread.start()
 
     @property
-    def key(self) -> str:
-        return self._key
-
-    @property
     def buffer_depth(self) -> int:
         """Statuses appended but not yet confirmed written to Redis (a metrics gauge)."""
         return min(self._max_len, len(self._pending) + self._inbox.qsize())
 
-    def append(self, status: SipStatus) -> None:
+    def append(self, status: SipStatus, *, expect_follow_up: bool = False) -> None:
         appended_ns = time.perf_counter_ns() if self._on_written is not None else 0
         payload = status.SerializeToString()
         type_name = _type_name(status)
-        hold_until = (
-            time.monotonic() + INITIATED_HOLD
-            if status.status_type == SipStatus.outgoing_call_initiated
-            else 0.0
-        )
+        hold_until = time.monotonic() + FOLLOW_UP_HOLD if expect_follow_up else 0.0
         with self._lock:
             self._appended += 1
             self._entries.append(status)

@@ -1,11 +1,11 @@
-"""The ondewo.sip.Sip gRPC service: each RPC is one Phone operation or a history read.
+"""The ondewo.sip.Sip gRPC service: each RPC is one phone operation or a history read.
 
 A PhoneError becomes the gRPC status code of its class, with its message; the phone has
 changed nothing when it refuses a request.
 """
 
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn, Protocol
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -20,7 +20,6 @@ from sip_worker.errors import (
     WrongState,
 )
 from sip_worker.history import StatusHistory
-from sip_worker.phone import Phone
 
 STATUS_CODES: dict[type[PhoneError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -43,8 +42,23 @@ def _abort(context: grpc.ServicerContext, error: PhoneError) -> NoReturn:
     raise AssertionError("context.abort returned")
 
 
+class PhoneControl(Protocol):
+    """What the servicer asks of the phone (`sip_worker.phone.Phone`); each call blocks until
+    the phone has done it, or raises PhoneError having changed nothing."""
+
+    def register_account(self, account_name: str, password: str) -> None: ...
+    def start_session(self, account_name: str, auto_answer_interval: int) -> None: ...
+    def end_session(self) -> None: ...
+    def start_call(self, callee_id: str, headers: Mapping[str, str]) -> None: ...
+    def end_call(self, hard_hangup: bool) -> None: ...
+    def transfer_call(self, transfer_id: str, headers: Mapping[str, str]) -> None: ...
+    def play_wav_files(self, wav_files: Sequence[bytes]) -> None: ...
+    def mute(self) -> None: ...
+    def unmute(self) -> None: ...
+
+
 class SipServicer(sip_pb2_grpc.SipServicer):
-    def __init__(self, phone: Phone, history: StatusHistory) -> None:
+    def __init__(self, phone: PhoneControl, history: StatusHistory) -> None:
         self._phone = phone
         self._history = history
 
