@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
-from sip_operator import reconcile
+from sip_operator import handlers  # registers the kopf handlers
 from sip_operator.settings import ENV_PREFIX, SettingsError, load_settings
 
 LOG_FORMATS = {
@@ -133,7 +133,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
 def kopf_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     """kopf's settings for these arguments (kopf.run is then given no overriding ones)."""
     settings = kopf.OperatorSettings()
-    reconcile.configure_kopf(settings)
+    handlers.configure_kopf(settings)
     if args.namespaces and not any(_is_pattern(ns) for ns in args.namespaces):
         # Fixed namespaces need no namespace scanning (and no RBAC to list namespaces).
         settings.scanning.disabled = True

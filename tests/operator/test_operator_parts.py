@@ -1,6 +1,7 @@
 """The operator's parts on their own: names, settings, phase rules, CLI, the status mirror."""
 
 import asyncio
+import logging
 import re
 import subprocess
 import time
@@ -9,7 +10,8 @@ import pytest
 
 from ondewo.sip.sip_pb2 import SipStatus
 from sip_contract.status import MEANINGS, SessionState, StatusType
-from sip_operator import phase
+from sip_operator import handlers, phase
+from sip_operator.main import kopf_settings, parse_args
 from sip_operator.phase import Observation, PodState, WorkerStatus
 from sip_operator.pod_builder import child_names, session_label
 from sip_operator.session_spec import parse_duration
@@ -246,6 +248,16 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
         "Ready": "T3",
         "Registered": "T3",
     }
+
+
+def test_the_settings_for_kopf_run_carry_the_operators_configuration() -> None:
+    """main gives kopf.run settings already configured (the startup handler does not redo it)."""
+    settings = kopf_settings(parse_args(["-n", "calls"], {}))
+    assert settings.persistence.finalizer == handlers.FINALIZER
+    assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
+    assert settings.posting.level == logging.WARNING
+    assert settings.posting.reporting_component == "sip-operator"
+    assert (settings.watching.server_timeout, settings.watching.client_timeout) == (600, 660)
 
 
 def test_the_cli_demands_a_scope_and_valid_settings() -> None:

@@ -1,9 +1,10 @@
 """The kopf handlers: they feed watch events to the SessionController and run its lifecycle.
 
-kopf owns the watches, the finalizer, event posting, logging and peering. SipSession,
-worker-pod and Service events only update the controller's view and wake the session's loop;
-deletion runs through an on.delete handler so that cleanup and the history expiry happen
-before the SipSession disappears.
+The reconciling itself is the controller's (controller.py). kopf owns the watches, the
+finalizer, event posting, logging and peering, configured by `configure_kopf` (main.py applies
+it to the settings it hands to kopf.run). SipSession, worker-pod and Service events only
+update the controller's view and wake the session's loop; deletion runs through an on.delete
+handler so that cleanup and the history expiry happen before the SipSession disappears.
 """
 
 import asyncio
@@ -44,6 +45,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """What this operator needs of kopf, whatever the command line says."""
     # Our own events say what matters; kopf's per-handler INFO chatter stays in the log only.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "sip-operator"
@@ -55,9 +57,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup()
-async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start_operator(memo: kopf.Memo, **_: Any) -> None:
     operator_settings = load_settings(os.environ)
-    configure_kopf(settings)
     kube = KubeApi()
     mirror = StatusMirror(operator_settings.redis_url, operator_settings.redis_password)
     controller = SessionController(kube, mirror, operator_settings, _post_event, FINALIZER)
