@@ -1,0 +1,281 @@
+"""The active call: its phase, its features, and what its SIP events do to it.
+
+    SETTING_UP -> CONNECTED <-> TRANSFERRING
+         \\            \\            \\
+          +------------+------------+--> HANGING_UP --> FINISHED
+
+Any phase may end in FINISHED (the far end hangs up, the call fails). Features (playback,
+mute, transfer) are each in their own module; the call tells each when its audio port changes
+(`media_changed`) and when it ends (`release`). Owner thread only. Nothing here holds a
+reference to the call: timers and players reach it through `CallServices`, by serial, so that a
+finished call's PJSUA2 object is freed on the owner as soon as it is retired.
+"""
+
+import enum
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pjsua2 as pj
+
+from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import CallStep
+from sip_worker.errors import Unreachable, WrongState
+from sip_worker.phone.bindings import SipCall, answer_parameters, request_parameters
+from sip_worker.phone.hand_off import Timer
+from sip_worker.phone.mute import Mute
+from sip_worker.phone.owner import PjOwner
+from sip_worker.phone.playback import Playback, StagedWav
+from sip_worker.phone.registration import sip_code_reason
+from sip_worker.phone.statuses import CallIdentity, StatusRecorder
+from sip_worker.phone.threads import owner_thread
+from sip_worker.phone.transfer import FINAL_NOTIFY_TIMEOUT, Transfer
+
+log = logging.getLogger(__name__)
+
+# Slack between the end of the last queued audio and the BYE, for the far end's jitter buffer.
+SOFT_HANGUP_SLACK = 0.2
+
+
+class CallPhase(enum.Enum):
+    SETTING_UP = "setting up"
+    CONNECTED = "connected"
+    TRANSFERRING = "transferring"
+    HANGING_UP = "hanging up"
+    FINISHED = "finished"
+
+
+class CallFeature(Protocol):
+    def media_changed(self, audio: Any) -> None:
+        """The call's audio port is new (a pj.AudioMedia), or gone (None)."""
+
+    def release(self) -> None:
+        """The call ended: let go of every PJSUA2 object and file."""
+
+
+CallAction = Callable[["ActiveCall"], None]
+
+
+@dataclass(frozen=True)
+class CallServices:
+    """What a call needs of the phone; it outlives every call."""
+
+    owner: PjOwner
+    recorder: StatusRecorder
+    # later(delay, serial, action): action(call) on the owner after delay, if call `serial` is
+    # still the active call.
+    later: Callable[[float, int, CallAction], Timer]
+    # player_finished(call serial, player serial), on the owner.
+    player_finished: Callable[[int, int], None]
+
+
+class ActiveCall:
+    def __init__(self, services: CallServices, sip: SipCall, identity: CallIdentity) -> None:
+        self.sip = sip
+        self.identity = identity
+        self.phase = CallPhase.SETTING_UP
+        self.connected = False  # it was answered (it may be hanging up since)
+        self.playback = Playback(
+            services.owner, functools.partial(services.player_finished, identity.serial)
+        )
+        self.mute = Mute()
+        self.transfer = Transfer()
+        self.features: tuple[CallFeature, ...] = (self.mute, self.playback)
+        # Run once the call finished, in order (the session frees its line first).
+        self.on_finished: list[Callable[[], None]] = []
+        self._services = services
+        self._timers: list[Timer] = []
+        self._dialing = False
+        self._ended_while_dialing = ""  # the SIP code and reason, if so
+
+    @property
+    def serial(self) -> int:
+        return self.identity.serial
+
+    # ------------------------------------------------------------ requests
+
+    @owner_thread
+    def dial(self, uri: str, headers: Mapping[str, str]) -> None:
+        """Sends the INVITE; the initiated status follows it (and precedes every other)."""
+        self._dialing = True
+        try:
+            self.sip.makeCall(uri, request_parameters(headers))
+        except pj.Error as error:
+            failure = Unreachable(f"cannot call {uri}: {error.reason}")
+            self.finish(
+                self._ended_while_dialing or f"{error.status} {error.reason}",
+                exception_name=type(failure).__name__,
+            )
+            raise failure from None
+        finally:
+            self._dialing = False
+        if self._ended_while_dialing:
+            self.finish(self._ended_while_dialing)
+        else:
+            self._record(CallStep.INITIATED)
+
+    @owner_thread
+    def ring(self, auto_answer_after: float) -> None:
+        self.sip.answer(answer_parameters(180))
+        self._later(auto_answer_after, ActiveCall.answer)
+
+    @owner_thread
+    def answer(self) -> None:
+        try:
+            self.sip.answer(answer_parameters(200))
+        except pj.Error as error:
+            log.warning("could not answer the incoming call: %s", error.reason)
+            self.hang_up()
+
+    @owner_thread
+    def refuse(self, code: int) -> None:
+        if not self.sip.disconnected:  # the caller may have given up meanwhile
+            try:
+                self.sip.hangup(answer_parameters(code))
+            except pj.Error as error:
+                log.warning("could not reject an incoming call: %s", error.reason)
+
+    @owner_thread
+    def end(self, hard: bool, soft_bound: float) -> None:
+        """EndCall: BYE now (hard), or once the queued audio has played (soft)."""
+        if hard:
+            self._record(SipStatus.hard_hangup_initiated)
+            self.phase = CallPhase.HANGING_UP
+            self.hang_up()
+            return
+        if self.phase is CallPhase.HANGING_UP:
+            raise WrongState("the call is already being hung up")
+        self.hang_up_softly(soft_bound)
+
+    @owner_thread
+    def hang_up_softly(self, bound: float) -> None:
+        """Hangs up once the queued audio has played (plus slack), or after `bound` seconds."""
+        if self.phase is not CallPhase.HANGING_UP:
+            self.phase = CallPhase.HANGING_UP
+            self._record(SipStatus.soft_hangup_initiated)
+        if self.playback.idle:
+            self.hang_up()
+        else:
+            self._later(bound, ActiveCall.hang_up)
+
+    @owner_thread
+    def hang_up_now(self) -> None:
+        """The session ends: BYE at once (a soft hangup under way says so already)."""
+        if self.phase is not CallPhase.HANGING_UP:
+            self._record(SipStatus.hard_hangup_initiated)
+            self.phase = CallPhase.HANGING_UP
+        self.hang_up()
+
+    @owner_thread
+    def hang_up(self) -> None:
+        try:
+            self.sip.hangup(pj.CallOpParam())
+        except pj.Error as error:
+            log.warning("hangup failed: %s", error.reason)
+
+    @owner_thread
+    def start_transfer(self, uri: str, transfer_id: str, headers: Mapping[str, str]) -> None:
+        self._check_connected()
+        if self.phase is CallPhase.TRANSFERRING:
+            raise WrongState("a transfer is already in progress")
+        self.transfer.start(self.sip, uri, transfer_id, headers)
+        self.phase = CallPhase.TRANSFERRING
+        self._record(
+            SipStatus.transfer_call_initiated, transfer_call_id=transfer_id, headers=headers
+        )
+
+    @owner_thread
+    def play(self, staged: list[StagedWav]) -> None:
+        self._check_connected()
+        self.playback.enqueue(staged)
+
+    def _check_connected(self) -> None:
+        if not self.connected:
+            raise WrongState("the call is not connected yet")
+        if self.phase is CallPhase.HANGING_UP:
+            raise WrongState("the call is being hung up")
+
+    # ------------------------------------------------------------ events
+
+    @owner_thread
+    def confirmed(self) -> None:
+        if self.connected or self.phase is CallPhase.FINISHED:
+            return
+        self.connected = True
+        if self.phase is CallPhase.SETTING_UP:
+            self.phase = CallPhase.CONNECTED
+        self._record(CallStep.CONNECTED)
+
+    @owner_thread
+    def disconnected(self, code: int, reason: str) -> None:
+        if self._dialing:
+            # PJSUA ends a call it could not send inside makeCall: `dial` finishes it, with
+            # the error it raises.
+            self._ended_while_dialing = sip_code_reason(code, reason)
+        elif self.phase is not CallPhase.FINISHED:
+            self.finish(sip_code_reason(code, reason))
+
+    @owner_thread
+    def media_changed(self) -> None:
+        if self.phase is CallPhase.FINISHED:
+            return
+        audio = None
+        info = self.sip.getInfo()  # keep it: .media of a SWIG temporary is freed memory
+        for media in info.media:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                audio = self.sip.getAudioMedia(media.index)
+                break
+        for feature in self.features:
+            feature.media_changed(audio)
+
+    @owner_thread
+    def transfer_progress(self, code: int, reason: str, final: bool) -> None:
+        target = self.transfer.target
+        if self.phase is CallPhase.FINISHED or target is None:
+            return
+        outcome = self.transfer.progress(code, reason, final)
+        if outcome.leave:
+            self._later(0.0, ActiveCall.hang_up)
+        elif outcome.failed:
+            if self.phase is CallPhase.TRANSFERRING:
+                self.phase = CallPhase.CONNECTED
+            self._record(
+                CallStep.CONNECTED,
+                transfer_call_id=target,
+                description=f"transfer failed: {outcome.failed}",
+            )
+        elif outcome.await_final:
+            self._later(FINAL_NOTIFY_TIMEOUT, ActiveCall.hang_up)
+
+    @owner_thread
+    def player_finished(self, player_serial: int) -> None:
+        self.playback.player_finished(player_serial)
+        if self.phase is CallPhase.HANGING_UP and self.playback.idle:
+            self._later(SOFT_HANGUP_SLACK, ActiveCall.hang_up)
+
+    @owner_thread
+    def finish(self, description: str, exception_name: str = "") -> None:
+        """The call ended: FINISHED if it was connected, else FAILED."""
+        self.phase = CallPhase.FINISHED
+        for timer in self._timers:
+            timer.cancel()
+        for feature in self.features:
+            feature.release()
+        self._record(
+            CallStep.FINISHED if self.connected else CallStep.FAILED,
+            description=description,
+            transfer_call_id=self.transfer.target or "",
+            exception_name=exception_name,
+        )
+        self._services.owner.retire(self.sip)
+        for follow_up in self.on_finished:
+            follow_up()
+        self.on_finished.clear()
+
+    def _later(self, delay: float, action: CallAction) -> None:
+        self._timers.append(self._services.later(delay, self.serial, action))
+
+    def _record(self, what: "CallStep | SipStatus.StatusType.ValueType", **fields: Any) -> None:
+        self._services.recorder.call(self.identity, what, **fields)

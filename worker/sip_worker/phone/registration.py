@@ -1,0 +1,273 @@
+"""Registration: the SIP account objects, their REGISTERs and un-REGISTERs, and the answers.
+
+One account is current (the registered one, or the session's); a RegisterAccount creates a
+new account object, which replaces the current one once the registrar accepted it. Each
+account object registers its own Contact (`;line=N`): deleting a replaced account un-REGISTERs
+only its old binding, not the new one. Owner thread only.
+"""
+
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pjsua2 as pj
+
+from ondewo.sip.sip_pb2 import SipStatus
+from sip_worker.errors import AuthenticationFailed, InvalidArgument, PhoneError, Unreachable
+from sip_worker.phone.bindings import SipAccount
+from sip_worker.phone.hand_off import Timer
+from sip_worker.phone.owner import PjOwner, pending_future
+from sip_worker.phone.settings import PhoneSettings
+from sip_worker.phone.statuses import StatusRecorder
+from sip_worker.phone.threads import owner_thread
+from sip_worker.validation import AccountName
+
+log = logging.getLogger(__name__)
+
+# Bound on waiting for the registrar's final answer to a REGISTER, and to an un-REGISTER.
+REGISTER_TIMEOUT = 10.0
+UNREGISTER_TIMEOUT = 5.0
+RETRY_INTERVAL_S = 30
+
+AnswerHook = Callable[[PhoneError | None], None]
+
+
+def sip_code_reason(code: int, reason: str) -> str:
+    return f"{code} {reason}".strip()
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A REGISTER or un-REGISTER awaiting the registrar's final answer."""
+
+    register: bool
+    done: "Future[None]"
+    timer: Timer
+    # Runs on the owner with the outcome before `done` completes, so that the statuses it
+    # records are in the history by the time the waiting API call returns.
+    on_answer: AnswerHook
+
+
+class RegistrationListener(Protocol):
+    def incoming_call(self, sip: SipAccount, call_id: int, message: str) -> None: ...
+    def account_registered(self) -> None: ...
+
+
+class Account:
+    """One PJSUA2 account object and its registration state."""
+
+    def __init__(self, sip: SipAccount, name: AccountName) -> None:
+        self.sip = sip
+        self.name = name
+        self.registered = False
+        self.pending: _Pending | None = None  # the REGISTER or un-REGISTER in flight
+
+
+class Registration:
+    """The accounts' room. Its SipAccounts report to it (it outlives them all, so no
+    reference cycle ever holds a PJSUA2 object: those must be freed on the owner thread)."""
+
+    def __init__(
+        self,
+        owner: PjOwner,
+        settings: PhoneSettings,
+        transport_id: int,
+        recorder: StatusRecorder,
+        listener: RegistrationListener,
+    ) -> None:
+        self.listener = listener
+        self.current: Account | None = None
+        self._registering: Account | None = None  # a new account awaiting its first answer
+        self._owner = owner
+        self._settings = settings
+        self._transport_id = transport_id
+        self._recorder = recorder
+        self._contact_lines = itertools.count(1)
+
+    def account_name(self) -> str:
+        return self.current.name.canonical if self.current is not None else ""
+
+    def in_progress(self) -> bool:
+        return self._registering is not None or (
+            self.current is not None and self.current.pending is not None
+        )
+
+    @owner_thread
+    def register(self, name: AccountName, password: str) -> "Future[None]":
+        """Creates an account for `name` (its REGISTER goes out at once); the Future ends with
+        the registrar's answer. The checks of the session and call state come first."""
+        previous = self.current
+        account = Account(SipAccount(self), name)
+        try:
+            account.sip.create(self._account_config(name, password), True)
+        except pj.Error as error:
+            self._owner.retire(account.sip)
+            raise InvalidArgument(
+                f"cannot create the account {name.canonical}: {error.reason}"
+            ) from None
+
+        def on_answer(error: PhoneError | None) -> None:
+            self._registering = None
+            # Accounts are deleted outside their own callbacks.
+            if error is not None:
+                self._owner.post(functools.partial(self._retire, account))
+                return
+            if previous is not None and previous is not account:
+                self._owner.post(functools.partial(self._retire, previous))
+            self.current = account
+            self._recorder.session(SipStatus.registered, account_name=name.canonical)
+            self.listener.account_registered()
+
+        # Calls wait until the answer is in: the account they would use may be replaced.
+        self._registering = account
+        return self._await_answer(account, True, on_answer)
+
+    @owner_thread
+    def register_again(self, account: Account, on_answer: AnswerHook) -> "Future[None]":
+        """REGISTERs an existing account again; the Future ends with the answer."""
+        self._send(account, True)
+        return self._await_answer(account, True, on_answer)
+
+    @owner_thread
+    def unregister(self, account: Account | None, done: "Future[None]") -> None:
+        """Un-REGISTERs `account` if it is the registered one; `done` ends with the answer."""
+        if (
+            account is None
+            or account is not self.current
+            or not account.registered
+            or account.pending is not None
+        ):
+            done.set_result(None)
+            return
+        try:
+            self._send(account, False)
+        except Unreachable as error:
+            log.warning("%s", error)
+            done.set_result(None)
+            return
+        self._await_answer(account, False, lambda _: done.set_result(None))
+
+    @owner_thread
+    def retire_all(self) -> None:
+        for account in (self._registering, self.current):
+            if account is not None:
+                self._retire(account)
+        self.current = self._registering = None
+
+    def _account_of(self, sip: SipAccount) -> Account | None:
+        for account in (self.current, self._registering):
+            if account is not None and account.sip is sip:
+                return account
+        return None  # one being deleted: nothing waits for it any more
+
+    @owner_thread
+    def incoming_call(self, sip: SipAccount, call_id: int, message: str) -> None:
+        self.listener.incoming_call(sip, call_id, message)
+
+    @owner_thread
+    def registration_changed(
+        self, sip: SipAccount, code: int, reason: str, expiration: int
+    ) -> None:
+        account = self._account_of(sip)
+        if account is None:
+            return
+        pending = account.pending
+        if pending is None:
+            account.registered = 200 <= code < 300 and expiration > 0
+            if not account.registered and account is self.current:
+                log.warning("registration of %s lost: %d %s", account.name.canonical, code, reason)
+            return
+        if 100 <= code < 200:
+            return
+        succeeded = 200 <= code < 300
+        account.registered = succeeded and pending.register
+        error: PhoneError | None = None
+        if not pending.register:
+            if not succeeded:
+                log.warning("un-REGISTER of %s: %d %s", account.name.canonical, code, reason)
+        elif succeeded:
+            pass
+        elif code in (408, 480) or code >= 500:
+            error = Unreachable(
+                f"registrar of {account.name.canonical}: {sip_code_reason(code, reason)}"
+            )
+        else:
+            error = AuthenticationFailed(
+                f"registration of {account.name.canonical} refused: {sip_code_reason(code, reason)}"
+            )
+        self._complete(account, error)
+
+    def _account_config(self, name: AccountName, password: str) -> Any:
+        settings = self._settings
+        config = pj.AccountConfig()
+        config.idUri = name.uri
+        config.regConfig.registrarUri = name.registrar_uri
+        config.regConfig.registerOnAdd = True
+        config.regConfig.retryIntervalSec = RETRY_INTERVAL_S
+        config.sipConfig.transportId = self._transport_id
+        config.sipConfig.contactUriParams = f";line={next(self._contact_lines)}"
+        username = settings.auth_username or name.user
+        config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", username, 0, password))
+        if settings.outbound_proxy:
+            config.sipConfig.proxies.append(settings.outbound_proxy)
+        media = config.mediaConfig.transportConfig
+        media.port = settings.rtp_port
+        if settings.sip_host not in ("0.0.0.0", "::"):
+            media.boundAddress = settings.sip_host
+        if settings.public_address:
+            media.publicAddress = settings.public_address
+        elif settings.sip_host not in ("0.0.0.0", "::"):
+            media.publicAddress = settings.sip_host
+        return config
+
+    @owner_thread
+    def _send(self, account: Account, register: bool) -> None:
+        try:
+            account.sip.setRegistration(register)
+        except pj.Error as error:
+            raise Unreachable(f"cannot send REGISTER: {error.reason}") from None
+
+    def _await_answer(
+        self, account: Account, register: bool, on_answer: AnswerHook
+    ) -> "Future[None]":
+        done = pending_future()
+        timeout = REGISTER_TIMEOUT if register else UNREGISTER_TIMEOUT
+        timer = self._owner.schedule(timeout, functools.partial(self._timed_out, account, register))
+        account.pending = _Pending(register, done, timer, on_answer)
+        return done
+
+    def _complete(self, account: Account, error: PhoneError | None) -> None:
+        pending, account.pending = account.pending, None
+        if pending is None:
+            return
+        pending.timer.cancel()
+        try:
+            pending.on_answer(error)
+        finally:
+            if error is None:
+                pending.done.set_result(None)
+            else:
+                pending.done.set_exception(error)
+
+    def _timed_out(self, account: Account, register: bool) -> None:
+        if account.pending is None or account.pending.register != register:
+            return
+        what = "REGISTER" if register else "un-REGISTER"
+        self._complete(
+            account,
+            Unreachable(f"the registrar of {account.name.canonical} did not answer the {what}"),
+        )
+
+    @owner_thread
+    def _retire(self, account: Account) -> None:
+        if account.pending is not None:
+            self._complete(account, Unreachable("the account was deleted"))
+        try:
+            account.sip.shutdown()
+        except pj.Error as error:
+            log.warning("could not delete the account %s: %s", account.name.canonical, error.reason)
+        self._owner.retire(account.sip)

@@ -1,0 +1,24 @@
+"""What the phone is configured with: the worker's configuration provides it as it is."""
+
+from typing import Protocol
+
+
+class PhoneSettings(Protocol):
+    """The settings the phone reads (`WorkerConfig` has them all, by these names)."""
+
+    @property
+    def sip_host(self) -> str: ...  # address SIP and RTP bind to
+    @property
+    def sip_port(self) -> int: ...  # 0 = any free port
+    @property
+    def sip_transport(self) -> str: ...  # "udp" | "tcp"
+    @property
+    def rtp_port(self) -> int: ...  # first RTP port
+    @property
+    def public_address(self) -> str | None: ...  # for Contact and SDP (pods behind NAT)
+    @property
+    def auth_username(self) -> str | None: ...  # digest user if it differs from the account's
+    @property
+    def outbound_proxy(self) -> str | None: ...  # SIP URI of an outbound proxy
+    @property
+    def soft_hangup_timeout(self) -> float: ...  # bound on waiting for queued audio before BYE
