@@ -7,6 +7,9 @@ import pytest
 
 from tests.support.redis_cluster import RedisClusterOfThree
 from tests.support.redis_server import RedisServer
+from tests.support.sip_peers import registrar, sipp_factory
+
+__all__ = ["registrar", "sipp_factory"]  # fixtures shared with every area
 
 
 @pytest.fixture()

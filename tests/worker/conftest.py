@@ -1,4 +1,4 @@
-"""Fixtures for worker tests: a real `sip-worker` subprocess, sipp peers, a registered session."""
+"""Fixtures for worker tests: a real `sip-worker` subprocess and a registered session."""
 
 import os
 import subprocess
@@ -15,12 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from tests.support.redis_server import RedisServer
+from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER, account_of
 from tests.support.sipp import Sipp, free_tcp_port, free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
 SIP_WORKER = REPO / ".venv" / "bin" / "sip-worker"
-SIPP_USER = "alice"
-SIPP_PASSWORD = "s3cret-pw"
 
 
 @dataclass
@@ -148,35 +147,6 @@ def worker_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[Worker
 def worker(worker_factory: WorkerFactory) -> WorkerProcess:
     """A sip-worker with default flags, not registered."""
     return worker_factory()
-
-
-@pytest.fixture()
-def sipp_factory(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
-    """Starts sipp scenarios (see Sipp); kills them all in teardown."""
-    started: list[Sipp] = []
-
-    def factory(scenario: str, **kwargs: object) -> Sipp:
-        sipp = Sipp(scenario, tmp_path / "sipp", **kwargs)  # type: ignore[arg-type]
-        started.append(sipp)
-        return sipp.start()
-
-    yield factory
-    for sipp in started:
-        sipp.stop()
-
-
-@pytest.fixture()
-def registrar(sipp_factory: Callable[..., Sipp]) -> Sipp:
-    """A sipp registrar with MD5 digest auth for alice/SIPP_PASSWORD (one registration dialog)."""
-    return sipp_factory(
-        "registrar_auth.xml",
-        variables={"user": SIPP_USER, "pass": SIPP_PASSWORD},
-        args=["-m", "1"],
-    )
-
-
-def account_of(registrar: Sipp) -> str:
-    return f"{SIPP_USER}@{registrar.address}"
 
 
 @pytest.fixture()
