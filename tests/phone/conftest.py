@@ -1,0 +1,46 @@
+"""The phone driven inside the test process: one PJSUA2 endpoint at a time, an in-memory
+history, sipp as the far end. Each test gets a fresh phone (its endpoint is destroyed after)."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from sip_worker.config import WorkerConfig
+from sip_worker.phone import Phone, threads
+from tests.support.memory_history import MemoryHistory
+from tests.support.sip_peers import SIPP_PASSWORD, account_of
+from tests.support.sipp import Sipp, free_udp_port
+
+
+@dataclass
+class PhoneUnderTest:
+    phone: Phone
+    history: MemoryHistory
+    expected_misuses: int = 0  # thread misuses a test provokes on purpose
+
+    def open_session(self, registrar: Sipp, auto_answer_interval: int = 1) -> str:
+        account = account_of(registrar)
+        self.phone.register_account(account, SIPP_PASSWORD)
+        self.phone.start_session(account, auto_answer_interval)
+        return account
+
+
+def phone_settings() -> WorkerConfig:
+    return WorkerConfig(
+        sip_host="127.0.0.1", sip_port=0, rtp_port=free_udp_port(), redis_url="memory://"
+    )
+
+
+@pytest.fixture()
+def phone() -> Iterator[PhoneUnderTest]:
+    history = MemoryHistory()
+    under_test = PhoneUnderTest(Phone(phone_settings(), history), history)
+    misuses_before = len(threads.misuses())
+    under_test.phone.start()
+    try:
+        yield under_test
+    finally:
+        under_test.phone.stop(1.0)
+    misused = threads.misuses()[misuses_before:]
+    assert len(misused) == under_test.expected_misuses, misused
