@@ -141,6 +141,9 @@ def worker_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[Worker
     yield factory
     for worker in started:
         worker.stop()
+    # The phone's thread guard logs every PJSUA2 call it caught off the owner thread.
+    misused = [worker.log_path.name for worker in started if "thread misuse" in worker.log()]
+    assert not misused, f"PJSUA2 touched off its owner thread, see {misused}"
 
 
 @pytest.fixture()
