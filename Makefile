@@ -12,7 +12,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,local]'
+	$(PY) -m pip install --quiet -e '.[worker,operator,test,local]'
 	touch $@
 
 # Regenerates the Python code for the wire contract; tests/test_proto.py fails when it is stale.
