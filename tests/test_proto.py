@@ -7,17 +7,27 @@ from pathlib import Path
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ondewo.sip import sip_pb2
-from tests.support import api_doc
+from tests.support import api_doc, audio_contract_doc
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED = ["sip_pb2.py", "sip_pb2.pyi", "sip_pb2_grpc.py", "sip_pb2_grpc.pyi"]
-ADDED_SIPSTATUS_FIELDS = [("description", 7), ("exception_name", 8)]
+ADDED_SIPSTATUS_FIELDS = [
+    ("description", 7),
+    ("exception_name", 8),
+    # Upstream's later numbers (docs/sip-call-audio.md).
+    ("call_id", 12),
+    ("call_audio_streams", 15),
+    ("sip_response_code", 16),
+]
+ADDED_METHODS = {"SipStreamCallAudio", "SendDtmf"}
 
 _SCALARS = {
     FieldDescriptor.TYPE_BOOL: "bool",
     FieldDescriptor.TYPE_BYTES: "bytes",
     FieldDescriptor.TYPE_STRING: "string",
     FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+    FieldDescriptor.TYPE_UINT64: "uint64",
 }
 
 
@@ -81,5 +91,40 @@ def test_service_matches_the_api_document() -> None:
         )
         for m in service.methods
     }
-    assert actual == doc.methods
-    assert len(actual) == 11
+    assert {name: actual[name] for name in doc.methods} == doc.methods
+    assert len(doc.methods) == 11
+    assert set(actual) - set(doc.methods) == ADDED_METHODS
+
+
+def test_live_audio_messages_match_their_contract() -> None:
+    doc = audio_contract_doc.load()
+    assert len(doc.messages) == 10
+    for name, fields in doc.messages.items():
+        descriptor = _message(name)
+        actual = {
+            f.name: audio_contract_doc.Field(
+                _doc_type(f), f.number, f.containing_oneof.name if f.containing_oneof else None
+            )
+            for f in descriptor.fields
+        }
+        assert actual == fields, name
+        assert [o.name for o in descriptor.oneofs] == sorted(
+            {f.oneof for f in fields.values()} - {None}
+        ), name
+
+
+def test_live_audio_enums_and_methods_match_their_contract() -> None:
+    doc = audio_contract_doc.load()
+    assert set(doc.enums) == {"SipCallAudioMode", "SipCallAudioEndReason", "DtmfMethod"}
+    for name, values in doc.enums.items():
+        enum = sip_pb2.DESCRIPTOR.enum_types_by_name[name]
+        assert {v.name: v.number for v in enum.values} == values, name
+    service = sip_pb2.DESCRIPTOR.services_by_name["Sip"]
+    for name, (request, response, client_streams, server_streams) in doc.methods.items():
+        method = service.methods_by_name[name]
+        assert method.input_type.full_name.removeprefix("ondewo.sip.") == request
+        assert method.output_type.full_name.removeprefix("ondewo.sip.") == response
+        assert (method.client_streaming, method.server_streaming) == (
+            client_streams,
+            server_streams,
+        ), name

@@ -24,6 +24,66 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SipCallAudioMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SipCallAudioModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SipCallAudioMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIP_CALL_AUDIO_MODE_UNSPECIFIED: _SipCallAudioMode.ValueType  # 0
+    """means LISTEN"""
+    SIP_CALL_AUDIO_MODE_LISTEN: _SipCallAudioMode.ValueType  # 1
+    SIP_CALL_AUDIO_MODE_TALK: _SipCallAudioMode.ValueType  # 2
+
+class SipCallAudioMode(_SipCallAudioMode, metaclass=_SipCallAudioModeEnumTypeWrapper):
+    """---- Live call audio: upstream 5.5's messages and numbers exactly, plus ours from 100 up ----"""
+
+SIP_CALL_AUDIO_MODE_UNSPECIFIED: SipCallAudioMode.ValueType  # 0
+"""means LISTEN"""
+SIP_CALL_AUDIO_MODE_LISTEN: SipCallAudioMode.ValueType  # 1
+SIP_CALL_AUDIO_MODE_TALK: SipCallAudioMode.ValueType  # 2
+Global___SipCallAudioMode: _TypeAlias = SipCallAudioMode  # noqa: Y015
+
+class _SipCallAudioEndReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SipCallAudioEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SipCallAudioEndReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIP_CALL_AUDIO_END_REASON_UNSPECIFIED: _SipCallAudioEndReason.ValueType  # 0
+    SIP_CALL_AUDIO_END_REASON_CLIENT_CLOSED: _SipCallAudioEndReason.ValueType  # 1
+    SIP_CALL_AUDIO_END_REASON_CALL_ENDED: _SipCallAudioEndReason.ValueType  # 2
+    SIP_CALL_AUDIO_END_REASON_CALL_TRANSFERRED: _SipCallAudioEndReason.ValueType  # 3
+    SIP_CALL_AUDIO_END_REASON_MAX_DURATION: _SipCallAudioEndReason.ValueType  # 4
+    SIP_CALL_AUDIO_END_REASON_STALLED: _SipCallAudioEndReason.ValueType  # 5
+    SIP_CALL_AUDIO_END_REASON_INTERNAL: _SipCallAudioEndReason.ValueType  # 6
+
+class SipCallAudioEndReason(_SipCallAudioEndReason, metaclass=_SipCallAudioEndReasonEnumTypeWrapper): ...
+
+SIP_CALL_AUDIO_END_REASON_UNSPECIFIED: SipCallAudioEndReason.ValueType  # 0
+SIP_CALL_AUDIO_END_REASON_CLIENT_CLOSED: SipCallAudioEndReason.ValueType  # 1
+SIP_CALL_AUDIO_END_REASON_CALL_ENDED: SipCallAudioEndReason.ValueType  # 2
+SIP_CALL_AUDIO_END_REASON_CALL_TRANSFERRED: SipCallAudioEndReason.ValueType  # 3
+SIP_CALL_AUDIO_END_REASON_MAX_DURATION: SipCallAudioEndReason.ValueType  # 4
+SIP_CALL_AUDIO_END_REASON_STALLED: SipCallAudioEndReason.ValueType  # 5
+SIP_CALL_AUDIO_END_REASON_INTERNAL: SipCallAudioEndReason.ValueType  # 6
+Global___SipCallAudioEndReason: _TypeAlias = SipCallAudioEndReason  # noqa: Y015
+
+class _DtmfMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DtmfMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DtmfMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DTMF_METHOD_RFC4733: _DtmfMethod.ValueType  # 0
+    DTMF_METHOD_SIP_INFO: _DtmfMethod.ValueType  # 1
+
+class DtmfMethod(_DtmfMethod, metaclass=_DtmfMethodEnumTypeWrapper): ...
+
+DTMF_METHOD_RFC4733: DtmfMethod.ValueType  # 0
+DTMF_METHOD_SIP_INFO: DtmfMethod.ValueType  # 1
+Global___DtmfMethod: _TypeAlias = DtmfMethod  # noqa: Y015
+
 @_typing.final
 class EndCallRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -154,6 +214,9 @@ class SipStatus(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     EXCEPTION_NAME_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    CALL_AUDIO_STREAMS_FIELD_NUMBER: _builtins.int
+    SIP_RESPONSE_CODE_FIELD_NUMBER: _builtins.int
     account_name: _builtins.str
     status_type: Global___SipStatus.StatusType.ValueType
     callee_id: _builtins.str
@@ -163,6 +226,12 @@ class SipStatus(_message.Message):
     of a failure, and the name of the error class behind it.
     """
     exception_name: _builtins.str
+    call_id: _builtins.str
+    """Upstream's later fields, at its numbers: the SIP Call-ID of the call (call statuses),
+    the audio streams connected to the ongoing call, the code of the last transfer attempt.
+    """
+    call_audio_streams: _builtins.int
+    sip_response_code: _builtins.int
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -178,10 +247,13 @@ class SipStatus(_message.Message):
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         description: _builtins.str = ...,
         exception_name: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        call_audio_streams: _builtins.int = ...,
+        sip_response_code: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "callee_id", b"callee_id", "description", b"description", "exception_name", b"exception_name", "headers", b"headers", "status_type", b"status_type", "timestamp", b"timestamp", "transfer_call_id", b"transfer_call_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "call_audio_streams", b"call_audio_streams", "call_id", b"call_id", "callee_id", b"callee_id", "description", b"description", "exception_name", b"exception_name", "headers", b"headers", "sip_response_code", b"sip_response_code", "status_type", b"status_type", "timestamp", b"timestamp", "transfer_call_id", b"transfer_call_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,3 +386,315 @@ class TransferCallRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferCallRequest: _TypeAlias = TransferCallRequest  # noqa: Y015
+
+@_typing.final
+class SipCallAudioConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
+    FRAME_MS_FIELD_NUMBER: _builtins.int
+    TAKE_OVER_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_S_FIELD_NUMBER: _builtins.int
+    mode: Global___SipCallAudioMode.ValueType
+    sample_rate_hz: _builtins.int
+    """8000 or 16000; 0 means 16000"""
+    frame_ms: _builtins.int
+    """only 20; 0 means 20"""
+    take_over: _builtins.bool
+    """required for TALK"""
+    stream_id: _builtins.str
+    """the client's id for logs"""
+    max_duration_s: _builtins.int
+    """0 means the server default (3600)"""
+    def __init__(
+        self,
+        *,
+        mode: Global___SipCallAudioMode.ValueType = ...,
+        sample_rate_hz: _builtins.int = ...,
+        frame_ms: _builtins.int = ...,
+        take_over: _builtins.bool = ...,
+        stream_id: _builtins.str = ...,
+        max_duration_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_ms", b"frame_ms", "max_duration_s", b"max_duration_s", "mode", b"mode", "sample_rate_hz", b"sample_rate_hz", "stream_id", b"stream_id", "take_over", b"take_over"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioConfig: _TypeAlias = SipCallAudioConfig  # noqa: Y015
+
+@_typing.final
+class SipCallAudioFrame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PCM_S16LE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    pcm_s16le: _builtins.bytes
+    """LINEAR16 little-endian mono, sample_rate_hz * frame_ms / 1000 * 2 bytes"""
+    sequence: _builtins.int
+    """monotonic within its direction of the stream"""
+    def __init__(
+        self,
+        *,
+        pcm_s16le: _builtins.bytes = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pcm_s16le", b"pcm_s16le", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioFrame: _TypeAlias = SipCallAudioFrame  # noqa: Y015
+
+@_typing.final
+class SipCallAudioRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    AGENT_MUTED_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
+    agent_muted: _builtins.bool
+    """true: silence to the caller instead of the agent's audio"""
+    clear: _builtins.bool
+    """Ours: barge-in (drop all agent audio not yet played, and the PlayWavFiles queue),
+    and a mark echoed back once all agent audio sent before it has been played out.
+    """
+    mark: _builtins.str
+    @_builtins.property
+    def config(self) -> Global___SipCallAudioConfig:
+        """the first request, accepted once"""
+
+    @_builtins.property
+    def audio(self) -> Global___SipCallAudioFrame:
+        """agent audio to the caller (TALK only)"""
+
+    def __init__(
+        self,
+        *,
+        config: Global___SipCallAudioConfig | None = ...,
+        audio: Global___SipCallAudioFrame | None = ...,
+        agent_muted: _builtins.bool = ...,
+        clear: _builtins.bool = ...,
+        mark: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_muted", b"agent_muted", "audio", b"audio", "clear", b"clear", "config", b"config", "mark", b"mark", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_muted", b"agent_muted", "audio", b"audio", "clear", b"clear", "config", b"config", "mark", b"mark", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "agent_muted", "clear", "mark"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___SipCallAudioRequest: _TypeAlias = SipCallAudioRequest  # noqa: Y015
+
+@_typing.final
+class SipCallAudioStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
+    FRAME_MS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    sample_rate_hz: _builtins.int
+    frame_ms: _builtins.int
+    mode: Global___SipCallAudioMode.ValueType
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        sample_rate_hz: _builtins.int = ...,
+        frame_ms: _builtins.int = ...,
+        mode: Global___SipCallAudioMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_ms", b"frame_ms", "mode", b"mode", "sample_rate_hz", b"sample_rate_hz", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioStarted: _TypeAlias = SipCallAudioStarted  # noqa: Y015
+
+@_typing.final
+class SipCallAudioStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_SENT_FIELD_NUMBER: _builtins.int
+    FRAMES_DROPPED_FIELD_NUMBER: _builtins.int
+    FRAMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    UNDERRUNS_FIELD_NUMBER: _builtins.int
+    FRAMES_DISCARDED_FIELD_NUMBER: _builtins.int
+    frames_sent: _builtins.int
+    """frames sent to the client"""
+    frames_dropped: _builtins.int
+    """frames to the client dropped: the client read too slowly"""
+    frames_received: _builtins.int
+    """frames received from the client"""
+    underruns: _builtins.int
+    """agent playback ran dry (silence was played)"""
+    frames_discarded: _builtins.int
+    """client frames discarded: the playback buffer was full"""
+    def __init__(
+        self,
+        *,
+        frames_sent: _builtins.int = ...,
+        frames_dropped: _builtins.int = ...,
+        frames_received: _builtins.int = ...,
+        underruns: _builtins.int = ...,
+        frames_discarded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames_discarded", b"frames_discarded", "frames_dropped", b"frames_dropped", "frames_received", b"frames_received", "frames_sent", b"frames_sent", "underruns", b"underruns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioStats: _TypeAlias = SipCallAudioStats  # noqa: Y015
+
+@_typing.final
+class SipCallAudioEnded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reason: Global___SipCallAudioEndReason.ValueType
+    detail: _builtins.str
+    """optional, a stable token"""
+    def __init__(
+        self,
+        *,
+        reason: Global___SipCallAudioEndReason.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioEnded: _TypeAlias = SipCallAudioEnded  # noqa: Y015
+
+@_typing.final
+class SipCallAudioDtmf(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGIT_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    digit: _builtins.str
+    """one of 0-9 * # A-D"""
+    duration_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        digit: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digit", b"digit", "duration_ms", b"duration_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioDtmf: _TypeAlias = SipCallAudioDtmf  # noqa: Y015
+
+@_typing.final
+class SipCallAudioMark(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SipCallAudioMark: _TypeAlias = SipCallAudioMark  # noqa: Y015
+
+@_typing.final
+class SipCallAudioResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    STATS_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    DTMF_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___SipCallAudioStarted:
+        """once, when the stream is connected"""
+
+    @_builtins.property
+    def audio(self) -> Global___SipCallAudioFrame:
+        """call audio"""
+
+    @_builtins.property
+    def stats(self) -> Global___SipCallAudioStats:
+        """periodically"""
+
+    @_builtins.property
+    def ended(self) -> Global___SipCallAudioEnded:
+        """once, on a normal end; then the RPC ends OK"""
+
+    @_builtins.property
+    def dtmf(self) -> Global___SipCallAudioDtmf:
+        """Ours: a digit the caller pressed; a mark whose audio has been played."""
+
+    @_builtins.property
+    def mark(self) -> Global___SipCallAudioMark: ...
+    def __init__(
+        self,
+        *,
+        started: Global___SipCallAudioStarted | None = ...,
+        audio: Global___SipCallAudioFrame | None = ...,
+        stats: Global___SipCallAudioStats | None = ...,
+        ended: Global___SipCallAudioEnded | None = ...,
+        dtmf: Global___SipCallAudioDtmf | None = ...,
+        mark: Global___SipCallAudioMark | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "dtmf", b"dtmf", "ended", b"ended", "mark", b"mark", "response", b"response", "started", b"started", "stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "dtmf", b"dtmf", "ended", b"ended", "mark", b"mark", "response", b"response", "started", b"started", "stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["started", "audio", "stats", "ended", "dtmf", "mark"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___SipCallAudioResponse: _TypeAlias = SipCallAudioResponse  # noqa: Y015
+
+@_typing.final
+class SendDtmfRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGITS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    digits: _builtins.str
+    method: Global___DtmfMethod.ValueType
+    duration_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        digits: _builtins.str = ...,
+        method: Global___DtmfMethod.ValueType = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digits", b"digits", "duration_ms", b"duration_ms", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDtmfRequest: _TypeAlias = SendDtmfRequest  # noqa: Y015

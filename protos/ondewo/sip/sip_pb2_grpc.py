@@ -90,6 +90,16 @@ class SipStub:
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SipStreamCallAudio = channel.stream_stream(
+                '/ondewo.sip.Sip/SipStreamCallAudio',
+                request_serializer=ondewo_dot_sip_dot_sip__pb2.SipCallAudioRequest.SerializeToString,
+                response_deserializer=ondewo_dot_sip_dot_sip__pb2.SipCallAudioResponse.FromString,
+                _registered_method=True)
+        self.SendDtmf = channel.unary_unary(
+                '/ondewo.sip.Sip/SendDtmf',
+                request_serializer=ondewo_dot_sip_dot_sip__pb2.SendDtmfRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class SipServicer:
@@ -161,6 +171,20 @@ class SipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SipStreamCallAudio(self, request_iterator, context):
+        """Live call audio (upstream 5.5, wire-identical; docs/sip-call-audio.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendDtmf(self, request, context):
+        """Our addition: digits sent into the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +241,16 @@ def add_SipServicer_to_server(servicer, server):
             'UnMute': grpc.unary_unary_rpc_method_handler(
                     servicer.UnMute,
                     request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SipStreamCallAudio': grpc.stream_stream_rpc_method_handler(
+                    servicer.SipStreamCallAudio,
+                    request_deserializer=ondewo_dot_sip_dot_sip__pb2.SipCallAudioRequest.FromString,
+                    response_serializer=ondewo_dot_sip_dot_sip__pb2.SipCallAudioResponse.SerializeToString,
+            ),
+            'SendDtmf': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendDtmf,
+                    request_deserializer=ondewo_dot_sip_dot_sip__pb2.SendDtmfRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
@@ -516,6 +550,60 @@ class Sip:
             target,
             '/ondewo.sip.Sip/UnMute',
             google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SipStreamCallAudio(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ondewo.sip.Sip/SipStreamCallAudio',
+            ondewo_dot_sip_dot_sip__pb2.SipCallAudioRequest.SerializeToString,
+            ondewo_dot_sip_dot_sip__pb2.SipCallAudioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendDtmf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ondewo.sip.Sip/SendDtmf',
+            ondewo_dot_sip_dot_sip__pb2.SendDtmfRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -47,6 +47,10 @@ class SipStub:
     PlayWavFiles: _grpc.UnaryUnaryMultiCallable[_sip_pb2.PlayWavFilesRequest, _empty_pb2.Empty]
     Mute: _grpc.UnaryUnaryMultiCallable[_empty_pb2.Empty, _empty_pb2.Empty]
     UnMute: _grpc.UnaryUnaryMultiCallable[_empty_pb2.Empty, _empty_pb2.Empty]
+    SipStreamCallAudio: _grpc.StreamStreamMultiCallable[_sip_pb2.SipCallAudioRequest, _sip_pb2.SipCallAudioResponse]
+    """Live call audio (upstream 5.5, wire-identical; docs/sip-call-audio.md)."""
+    SendDtmf: _grpc.UnaryUnaryMultiCallable[_sip_pb2.SendDtmfRequest, _empty_pb2.Empty]
+    """Our addition: digits sent into the call."""
 
 @_typing.type_check_only
 class SipAsyncStub(SipStub):
@@ -62,6 +66,10 @@ class SipAsyncStub(SipStub):
     PlayWavFiles: _aio.UnaryUnaryMultiCallable[_sip_pb2.PlayWavFilesRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     Mute: _aio.UnaryUnaryMultiCallable[_empty_pb2.Empty, _empty_pb2.Empty]  # type: ignore[assignment]
     UnMute: _aio.UnaryUnaryMultiCallable[_empty_pb2.Empty, _empty_pb2.Empty]  # type: ignore[assignment]
+    SipStreamCallAudio: _aio.StreamStreamMultiCallable[_sip_pb2.SipCallAudioRequest, _sip_pb2.SipCallAudioResponse]  # type: ignore[assignment]
+    """Live call audio (upstream 5.5, wire-identical; docs/sip-call-audio.md)."""
+    SendDtmf: _aio.UnaryUnaryMultiCallable[_sip_pb2.SendDtmfRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Our addition: digits sent into the call."""
 
 class SipServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -140,5 +148,21 @@ class SipServicer(metaclass=_abc_1.ABCMeta):
         request: _empty_pb2.Empty,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def SipStreamCallAudio(
+        self,
+        request_iterator: _MaybeAsyncIterator[_sip_pb2.SipCallAudioRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sip_pb2.SipCallAudioResponse], _abc.AsyncIterator[_sip_pb2.SipCallAudioResponse]]:
+        """Live call audio (upstream 5.5, wire-identical; docs/sip-call-audio.md)."""
+
+    @_abc_1.abstractmethod
+    def SendDtmf(
+        self,
+        request: _sip_pb2.SendDtmfRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Our addition: digits sent into the call."""
 
 def add_SipServicer_to_server(servicer: SipServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
