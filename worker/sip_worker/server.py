@@ -8,11 +8,13 @@ from grpc_reflection.v1alpha import reflection
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from sip_worker.auth import BearerTokenInterceptor
+from sip_worker.phone.audio_tap import MAX_STREAMS
 
 SIP_SERVICE = sip_pb2.DESCRIPTOR.services_by_name["Sip"].full_name
 # Enough for the concurrent clients a session has (a dialog manager, a monitor, probes); every
-# Sip call that touches the phone waits on its one pj thread anyway.
-HANDLER_THREADS = 16
+# Sip call that touches the phone waits on its one pj thread anyway. Each live-audio stream
+# holds a thread for its whole life, so the streams a call takes come on top.
+HANDLER_THREADS = 16 + MAX_STREAMS
 
 
 class ServerError(Exception):

@@ -4,45 +4,20 @@ A PhoneError becomes the gRPC status code of its class, with its message; the ph
 changed nothing when it refuses a request.
 """
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
-from sip_worker.errors import (
-    AuthenticationFailed,
-    InvalidArgument,
-    PhoneError,
-    TooLarge,
-    Unreachable,
-    WrongState,
-)
+from sip_worker.call_audio_rpc import CallAudioControl, stream_call_audio
+from sip_worker.errors import InvalidArgument, PhoneError
+from sip_worker.grpc_errors import abort
 from sip_worker.history import StatusHistory
 
-STATUS_CODES: dict[type[PhoneError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
-    AuthenticationFailed: grpc.StatusCode.PERMISSION_DENIED,
-    Unreachable: grpc.StatusCode.UNAVAILABLE,
-    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
-
-def status_code(error: PhoneError) -> grpc.StatusCode:
-    for error_class in type(error).__mro__:
-        if error_class in STATUS_CODES:
-            return STATUS_CODES[error_class]
-    return grpc.StatusCode.INTERNAL
-
-
-def _abort(context: grpc.ServicerContext, error: PhoneError) -> NoReturn:
-    context.abort(status_code(error), str(error))
-    raise AssertionError("context.abort returned")
-
-
-class PhoneControl(Protocol):
+class PhoneControl(CallAudioControl, Protocol):
     """What the servicer asks of the phone (`sip_worker.phone.Phone`); each call blocks until
     the phone has done it, or raises PhoneError having changed nothing."""
 
@@ -55,6 +30,7 @@ class PhoneControl(Protocol):
     def play_wav_files(self, wav_files: Sequence[bytes]) -> None: ...
     def mute(self) -> None: ...
     def unmute(self) -> None: ...
+    def send_dtmf(self, digits: str, sip_info: bool, duration_ms: int) -> None: ...
 
 
 class SipServicer(sip_pb2_grpc.SipServicer):
@@ -66,7 +42,7 @@ class SipServicer(sip_pb2_grpc.SipServicer):
         try:
             operation()
         except PhoneError as error:
-            _abort(context, error)
+            abort(context, error)
         return Empty()
 
     def RegisterAccount(
@@ -125,3 +101,17 @@ class SipServicer(sip_pb2_grpc.SipServicer):
         self, request: Empty, context: grpc.ServicerContext
     ) -> sip_pb2.SipStatusHistoryResponse:
         return sip_pb2.SipStatusHistoryResponse(status_history=self._history.entries())
+
+    def SendDtmf(self, request: sip_pb2.SendDtmfRequest, context: grpc.ServicerContext) -> Empty:
+        if request.method not in sip_pb2.DtmfMethod.values():
+            abort(context, InvalidArgument(f"method {request.method} is not RFC4733 or SIP_INFO"))
+        sip_info = request.method == sip_pb2.DTMF_METHOD_SIP_INFO
+        return self._run(
+            context,
+            lambda: self._phone.send_dtmf(request.digits, sip_info, request.duration_ms),
+        )
+
+    def SipStreamCallAudio(
+        self, request_iterator: Iterator[sip_pb2.SipCallAudioRequest], context: grpc.ServicerContext
+    ) -> Iterator[sip_pb2.SipCallAudioResponse]:
+        return stream_call_audio(self._phone, request_iterator, context)

@@ -161,3 +161,25 @@ def check_headers(headers: Mapping[str, str], what: str) -> dict[str, str]:
             )
         checked[name] = value
     return checked
+
+
+_DTMF_RE = re.compile(r"[0-9*#A-D]+")
+MAX_DTMF_DIGITS = 64
+DTMF_DURATION_MS = (40, 5000)  # the range a digit may last; 0 asks for the default
+DEFAULT_DTMF_DURATION_MS = 160
+
+
+def check_dtmf(digits: str, duration_ms: int) -> int:
+    """Checks SendDtmf's digits; returns the duration to send each with, in ms."""
+    if not digits:
+        raise InvalidArgument("digits is empty")
+    if len(digits) > MAX_DTMF_DIGITS:
+        raise InvalidArgument(f"digits: more than {MAX_DTMF_DIGITS} digits")
+    if not _DTMF_RE.fullmatch(digits):
+        raise InvalidArgument("digits may hold only 0-9, *, # and A-D")
+    if duration_ms == 0:
+        return DEFAULT_DTMF_DURATION_MS
+    low, high = DTMF_DURATION_MS
+    if not low <= duration_ms <= high:
+        raise InvalidArgument(f"duration_ms must be 0 (default) or {low} to {high}")
+    return duration_ms

@@ -96,6 +96,7 @@ class CallEvents(Protocol):
     def call_transfer_progress(
         self, call: "SipCall", code: int, reason: str, final: bool
     ) -> None: ...
+    def call_dtmf(self, call: "SipCall", digit: str, duration_ms: int) -> None: ...
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
@@ -118,6 +119,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.events.call_media_changed(self)
 
     @_callback
+    def onDtmfDigit(self, prm: Any) -> None:
+        # With mainThreadOnly, PJSUA2 defers DTMF callbacks to the owner thread. Once per key
+        # press (RFC 4733 events are told at their start); the duration is known only for
+        # SIP INFO.
+        duration = int(prm.duration)
+        self.events.call_dtmf(self, str(prm.digit), duration if duration < 0xFFFF else 0)
+
+    @_callback
     def onCallTransferStatus(self, prm: Any) -> None:
         prm.cont = True  # stay subscribed until the final NOTIFY
         self.events.call_transfer_progress(
@@ -135,3 +144,31 @@ class SipPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]
     @media_thread
     def onEof2(self) -> None:
         self._on_eof()
+
+
+class AudioSink(Protocol):
+    """What a CallAudioPort feeds; both run on the media clock thread and must not block."""
+
+    def caller_frame(self, pcm: bytes) -> None: ...
+    def agent_frame(self) -> bytes: ...
+
+
+class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
+    """A conference-bridge port of one live-audio stream: 20 ms frames in and out."""
+
+    def __init__(self, sink: AudioSink, frame_bytes: int) -> None:
+        super().__init__()
+        self._sink = sink
+        self._frame_bytes = frame_bytes
+
+    @media_thread
+    def onFrameRequested(self, frame: Any) -> None:
+        frame.buf = pj.ByteVector(self._sink.agent_frame())
+        frame.size = self._frame_bytes
+        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+
+    @media_thread
+    def onFrameReceived(self, frame: Any) -> None:
+        self._sink.caller_frame(
+            bytes(frame.buf) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b""
+        )

@@ -5,9 +5,10 @@
           +------------+------------+--> HANGING_UP --> FINISHED
 
 Any phase may end in FINISHED (the far end hangs up, the call fails). Features (playback,
-mute, transfer) are each in their own module; the call tells each when its audio port changes
-(`media_changed`) and when it ends (`release`). Owner thread only. Nothing here holds a
-reference to the call: timers and players reach it through `CallServices`, by serial, so that a
+mute, transfer, live audio) are each in their own module; the call tells them when its audio
+port changes and when it ends (`release`), and has the live-audio feature rewire who hears
+whom after anything that changes it. Owner thread only. Nothing here holds a reference to the
+call: timers, players and streams reach it through `CallServices`, by serial, so that a
 finished call's PJSUA2 object is freed on the owner as soon as it is retired.
 """
 
@@ -15,15 +16,17 @@ import enum
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import pjsua2 as pj
 
-from ondewo.sip.sip_pb2 import SipStatus
+from ondewo.sip.sip_pb2 import SipCallAudioEndReason, SipStatus
 from sip_contract.status import CallStep
 from sip_worker.errors import Unreachable, WrongState
+from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipCall, answer_parameters, request_parameters
+from sip_worker.phone.call_audio import CallAudio
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.mute import Mute
 from sip_worker.phone.owner import PjOwner
@@ -48,9 +51,6 @@ class CallPhase(enum.Enum):
 
 
 class CallFeature(Protocol):
-    def media_changed(self, audio: Any) -> None:
-        """The call's audio port is new (a pj.AudioMedia), or gone (None)."""
-
     def release(self) -> None:
         """The call ended: let go of every PJSUA2 object and file."""
 
@@ -65,10 +65,10 @@ class CallServices:
     owner: PjOwner
     recorder: StatusRecorder
     # later(delay, serial, action): action(call) on the owner after delay, if call `serial` is
-    # still the active call.
+    # still the active call. Owner thread only.
     later: Callable[[float, int, CallAction], Timer]
-    # player_finished(call serial, player serial), on the owner.
-    player_finished: Callable[[int, int], None]
+    # post(serial, action): the same, soon; callable from any thread, media threads too.
+    post: Callable[[int, CallAction], None]
 
 
 class ActiveCall:
@@ -78,11 +78,12 @@ class ActiveCall:
         self.phase = CallPhase.SETTING_UP
         self.connected = False  # it was answered (it may be hanging up since)
         self.playback = Playback(
-            services.owner, functools.partial(services.player_finished, identity.serial)
+            services.owner, functools.partial(_player_ended, services.post, identity.serial)
         )
         self.mute = Mute()
         self.transfer = Transfer()
-        self.features: tuple[CallFeature, ...] = (self.mute, self.playback)
+        self.audio = CallAudio(services.owner)
+        self.features: tuple[CallFeature, ...] = (self.audio, self.mute, self.playback)
         # Run once the call finished, in order (the session frees its line first).
         self.on_finished: list[Callable[[], None]] = []
         self._services = services
@@ -114,7 +115,13 @@ class ActiveCall:
         if self._ended_while_dialing:
             self.finish(self._ended_while_dialing)
         else:
+            self.learn_sip_call_id()
             self._record(CallStep.INITIATED)
+
+    @owner_thread
+    def learn_sip_call_id(self) -> None:
+        """The call's statuses carry its SIP Call-ID from now on."""
+        self.identity = replace(self.identity, sip_call_id=str(self.sip.getInfo().callIdString))
 
     @owner_thread
     def ring(self, auto_answer_after: float) -> None:
@@ -190,12 +197,73 @@ class ActiveCall:
     def play(self, staged: list[StagedWav]) -> None:
         self._check_connected()
         self.playback.enqueue(staged)
+        self._rewire()
+
+    @owner_thread
+    def set_muted(self, muted: bool) -> None:
+        self.mute.set(muted)
+        self._rewire()
+
+    @owner_thread
+    def open_audio(self, settings: StreamSettings) -> AudioTap:
+        self._check_connected()
+        if self.phase is CallPhase.TRANSFERRING:
+            raise WrongState("the call is being transferred")
+        tap = self.audio.open(
+            settings,
+            self.serial,
+            functools.partial(_stream_stalled, self._services.post, self.serial),
+            self._schedule_stream_end,
+        )
+        self._rewire()
+        return tap
+
+    @owner_thread
+    def close_audio(self, serial: int, reason: EndReason, detail: str = "") -> None:
+        if self.audio.close(serial, reason, detail):
+            self._rewire()
+
+    @owner_thread
+    def clear_playback(self) -> None:
+        """Barge-in: the WAV queue goes (the TALK audio is the stream's own to clear)."""
+        self.playback.release()
+        self._rewire()
+
+    @owner_thread
+    def send_dtmf(self, digits: str, sip_info: bool, duration_ms: int) -> None:
+        self._check_connected()
+        parameters = pj.CallSendDtmfParam()
+        parameters.digits = digits
+        parameters.method = (
+            pj.PJSUA_DTMF_METHOD_SIP_INFO if sip_info else pj.PJSUA_DTMF_METHOD_RFC2833
+        )
+        parameters.duration = duration_ms
+        try:
+            self.sip.sendDtmf(parameters)
+        except pj.Error as error:
+            raise Unreachable(f"cannot send DTMF: {error.reason}") from None
+
+    def _schedule_stream_end(self, seconds: float, stream_serial: int) -> Timer:
+        timer = self._services.later(
+            seconds,
+            self.serial,
+            functools.partial(
+                ActiveCall.close_audio,
+                serial=stream_serial,
+                reason=SipCallAudioEndReason.SIP_CALL_AUDIO_END_REASON_MAX_DURATION,
+            ),
+        )
+        self._timers.append(timer)
+        return timer
 
     def _check_connected(self) -> None:
         if not self.connected:
             raise WrongState("the call is not connected yet")
         if self.phase is CallPhase.HANGING_UP:
             raise WrongState("the call is being hung up")
+
+    def _rewire(self) -> None:
+        self.audio.wire(self.playback.player, self.mute.muted)
 
     # ------------------------------------------------------------ events
 
@@ -227,8 +295,9 @@ class ActiveCall:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 audio = self.sip.getAudioMedia(media.index)
                 break
-        for feature in self.features:
-            feature.media_changed(audio)
+        self.mute.media_changed(audio)
+        self.audio.media_changed(audio)
+        self._rewire()
 
     @owner_thread
     def transfer_progress(self, code: int, reason: str, final: bool) -> None:
@@ -250,8 +319,13 @@ class ActiveCall:
             self._later(FINAL_NOTIFY_TIMEOUT, ActiveCall.hang_up)
 
     @owner_thread
+    def dtmf_received(self, digit: str, duration_ms: int) -> None:
+        self.audio.dtmf(digit, duration_ms)
+
+    @owner_thread
     def player_finished(self, player_serial: int) -> None:
         self.playback.player_finished(player_serial)
+        self._rewire()
         if self.phase is CallPhase.HANGING_UP and self.playback.idle:
             self._later(SOFT_HANGUP_SLACK, ActiveCall.hang_up)
 
@@ -261,6 +335,8 @@ class ActiveCall:
         self.phase = CallPhase.FINISHED
         for timer in self._timers:
             timer.cancel()
+        if self.transfer.left:
+            self.audio.end_all(SipCallAudioEndReason.SIP_CALL_AUDIO_END_REASON_CALL_TRANSFERRED)
         for feature in self.features:
             feature.release()
         self._record(
@@ -278,4 +354,27 @@ class ActiveCall:
         self._timers.append(self._services.later(delay, self.serial, action))
 
     def _record(self, what: "CallStep | SipStatus.StatusType.ValueType", **fields: Any) -> None:
-        self._services.recorder.call(self.identity, what, **fields)
+        self._services.recorder.call(
+            self.identity,
+            what,
+            call_audio_streams=self.audio.count,
+            sip_response_code=self.transfer.response_code,
+            **fields,
+        )
+
+
+def _player_ended(post: Callable[[int, CallAction], None], call: int, player: int) -> None:
+    """On the media thread: a player of call `call` reached its end."""
+    post(call, functools.partial(ActiveCall.player_finished, player_serial=player))
+
+
+def _stream_stalled(post: Callable[[int, CallAction], None], call: int, stream: int) -> None:
+    """On the media thread: the client of stream `stream` stopped reading."""
+    post(
+        call,
+        functools.partial(
+            ActiveCall.close_audio,
+            serial=stream,
+            reason=SipCallAudioEndReason.SIP_CALL_AUDIO_END_REASON_STALLED,
+        ),
+    )

@@ -11,17 +11,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
+from typing import TypeVar
 
 from sip_worker.config import TRANSPORTS
 from sip_worker.errors import InvalidArgument, PhoneError, Unreachable, WrongState
 from sip_worker.history import StatusHistory
+from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.owner import PjOwner
 from sip_worker.phone.playback import discard, stage_wav_files
 from sip_worker.phone.session import Session
 from sip_worker.phone.settings import PhoneSettings
-from sip_worker.validation import check_headers, parse_account_name
+from sip_worker.validation import check_dtmf, check_headers, parse_account_name
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Bound on an API thread's wait for the owner beyond an operation's own timeouts.
 HAND_OFF_TIMEOUT = 30.0
@@ -124,16 +129,49 @@ class Phone:
     def unmute(self) -> None:
         self._on_owner(lambda session: session.set_muted(False))
 
+    def send_dtmf(self, digits: str, sip_info: bool, duration_ms: int) -> None:
+        duration = check_dtmf(digits, duration_ms)
+        self._on_owner(lambda session: session.send_dtmf(digits, sip_info, duration))
+
+    # ------------------------------------------------------------ live audio
+
+    def open_call_audio(self, settings: StreamSettings) -> AudioTap:
+        """Connects a live-audio stream to the call; its tap is shared with the owner and the
+        media thread (see `audio_tap`)."""
+        return self._ask_owner(lambda session: session.open_audio(settings))
+
+    def close_call_audio(self, tap: AudioTap, reason: EndReason) -> None:
+        """Ends the stream (if it still runs); returns at once."""
+        self._post_to_owner(lambda session: session.close_audio(tap, reason))
+
+    def clear_call_audio(self, tap: AudioTap) -> None:
+        """Barge-in: the stream's agent audio and the WAV queue are dropped at once."""
+        tap.clear()
+        self._post_to_owner(lambda session: session.clear_playback(tap))
+
+    # ------------------------------------------------------------ hand-off
+
     def _on_owner(self, operation: Callable[[Session], "Future[None] | None"]) -> None:
         """Runs `operation` on the owner thread and waits for it and the Future it returns."""
+        pending = self._ask_owner(operation)
+        if pending is not None:
+            try:
+                pending.result(timeout=HAND_OFF_TIMEOUT)
+            except FutureTimeout:
+                raise Unreachable("the SIP stack did not answer in time") from None
+
+    def _ask_owner(self, operation: Callable[[Session], T]) -> T:
+        """Runs `operation` on the owner thread; its result (never a PJSUA2 object)."""
         session = self._session
         if self._stopped.is_set() or session is None:
             raise Unreachable("the phone is not running")
         try:
-            pending = self._owner.submit(lambda: operation(session)).result(
-                timeout=HAND_OFF_TIMEOUT
-            )
-            if pending is not None:
-                pending.result(timeout=HAND_OFF_TIMEOUT)
+            return self._owner.submit(lambda: operation(session)).result(timeout=HAND_OFF_TIMEOUT)
         except FutureTimeout:
             raise Unreachable("the SIP stack did not answer in time") from None
+
+    def _post_to_owner(self, operation: Callable[[Session], None]) -> None:
+        session = self._session
+        if session is not None:
+            with suppress(Unreachable):  # stopped: the stream is gone with the phone
+                self._owner.post(lambda: operation(session))

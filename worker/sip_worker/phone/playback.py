@@ -2,7 +2,8 @@
 
 The files are written to memory-backed temporary files on the API thread (`stage_wav_files`);
 the owner plays them one after the other with a PJSUA2 player each, and frees each player when
-its end-of-file arrives (posted from the media thread).
+its end-of-file arrives (posted from the media thread). Who hears the player is the call's
+wiring (`call_audio`); the player plays while someone hears it.
 """
 
 import functools
@@ -11,7 +12,6 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,20 +73,25 @@ class _Playing:
 class Playback:
     """The queue of one call. Owner thread only."""
 
-    def __init__(self, owner: PjOwner, eof_sink: Callable[[int], None]) -> None:
-        """`eof_sink(player_serial)` runs on the owner when a player reaches its end; it must
-        be long-lived (a player must not keep its own call alive)."""
+    def __init__(self, owner: PjOwner, on_eof_media_thread: Callable[[int], None]) -> None:
+        """`on_eof_media_thread(player_serial)` runs on the media thread when a player reaches
+        its end: it must only post, and hold nothing of the call (a player must not keep its
+        own call alive)."""
         self._owner = owner
-        self._eof_sink = eof_sink
+        self._on_eof = on_eof_media_thread
         self._queue: deque[StagedWav] = deque()
         self._queued_bytes = 0  # of the queued files and the one playing
         self._playing: _Playing | None = None
-        self._audio: Any = None  # the call's pj.AudioMedia while media is active
         self._serials = 0
 
     @property
     def idle(self) -> bool:
         return self._playing is None and not self._queue
+
+    @property
+    def player(self) -> Any:
+        """The pj.AudioMediaPlayer playing now, or None."""
+        return self._playing.player if self._playing is not None else None
 
     @owner_thread
     def enqueue(self, staged: list[StagedWav]) -> None:
@@ -110,27 +115,19 @@ class Playback:
         self._play_next()
 
     @owner_thread
-    def media_changed(self, audio: Any) -> None:
-        self._audio = audio
-        if audio is not None and self._playing is not None:
-            self._playing.player.startTransmit(audio)
-
-    @owner_thread
     def release(self) -> None:
+        """Drops the queue and the file playing (the call ended, or a client cleared it)."""
         self._release_player()
         discard(self._queue)
         self._queue.clear()
         self._queued_bytes = 0
-        self._audio = None
 
     def _play_next(self) -> None:
         while self._queue:
             wav = self._queue.popleft()
             self._serials += 1
             serial = self._serials
-            player = SipPlayer(
-                functools.partial(self._owner.post, functools.partial(self._eof_sink, serial))
-            )
+            player = SipPlayer(functools.partial(self._on_eof, serial))
             try:
                 player.createPlayer(str(wav.path), pj.PJMEDIA_FILE_NO_LOOP)
             except pj.Error as error:
@@ -141,8 +138,6 @@ class Playback:
             finally:
                 wav.path.unlink(missing_ok=True)
             self._playing = _Playing(player, serial, wav.size)
-            if self._audio is not None:
-                player.startTransmit(self._audio)
             return
 
     def _release_player(self) -> None:
@@ -150,7 +145,4 @@ class Playback:
         if playing is None:
             return
         self._queued_bytes -= playing.size
-        if self._audio is not None:
-            with suppress(pj.Error):
-                playing.player.stopTransmit(self._audio)
         self._owner.retire(playing.player)

@@ -22,6 +22,7 @@ from sip_contract.status import CallStep, Direction
 from sip_worker.errors import InvalidArgument, PhoneError, Unreachable, WrongState
 from sip_worker.history import StatusHistory
 from sip_worker.incoming_headers import address_of, body_is_truncated, caller_uri, custom_headers
+from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipAccount, SipCall, answer_parameters
 from sip_worker.phone.call import ActiveCall, CallAction, CallServices
 from sip_worker.phone.hand_off import Timer
@@ -51,7 +52,7 @@ class Session:
         self._stopping = False
         self._refusing: list[SipCall] = []  # refused calls awaiting their final answer
         self._serials = itertools.count(1)
-        self._services = CallServices(owner, self.recorder, self._later, self._player_finished)
+        self._services = CallServices(owner, self.recorder, self._later, self._post)
         owner.watch_live_calls(self._live_calls)
         owner.on_stop = self._let_go
 
@@ -206,7 +207,8 @@ class Session:
             next(self._serials), Direction.INCOMING, caller, custom_headers(message)
         )
         call = self._take_line(sip, identity)
-        self.recorder.call(identity, CallStep.INITIATED)
+        call.learn_sip_call_id()
+        self.recorder.call(call.identity, CallStep.INITIATED)
         if interval == 0:
             self._later(REJECT_DELAY_S, call.serial, functools.partial(ActiveCall.refuse, code=486))
             return
@@ -230,7 +232,26 @@ class Session:
 
     @owner_thread
     def set_muted(self, muted: bool) -> None:
-        self._current_call().mute.set(muted)
+        self._current_call().set_muted(muted)
+
+    @owner_thread
+    def open_audio(self, settings: StreamSettings) -> AudioTap:
+        return self._current_call().open_audio(settings)
+
+    @owner_thread
+    def close_audio(self, tap: AudioTap, reason: EndReason) -> None:
+        self._for_call(
+            tap.call_serial,
+            functools.partial(ActiveCall.close_audio, serial=tap.serial, reason=reason),
+        )
+
+    @owner_thread
+    def clear_playback(self, tap: AudioTap) -> None:
+        self._for_call(tap.call_serial, ActiveCall.clear_playback)
+
+    @owner_thread
+    def send_dtmf(self, digits: str, sip_info: bool, duration_ms: int) -> None:
+        self._current_call().send_dtmf(digits, sip_info, duration_ms)
 
     def _current_call(self) -> ActiveCall:
         if self.call is None:
@@ -267,12 +288,12 @@ class Session:
     def _later(self, delay: float, serial: int, action: CallAction) -> Timer:
         return self._owner.schedule(delay, functools.partial(self._for_call, serial, action))
 
+    def _post(self, serial: int, action: CallAction) -> None:
+        self._owner.post(functools.partial(self._for_call, serial, action))
+
     def _for_call(self, serial: int, action: CallAction) -> None:
         if self.call is not None and self.call.serial == serial:
             action(self.call)
-
-    def _player_finished(self, call_serial: int, player_serial: int) -> None:
-        self._for_call(call_serial, lambda call: call.player_finished(player_serial))
 
     def _live_calls(self) -> tuple[SipCall, ...]:
         active = (self.call.sip,) if self.call is not None else ()
@@ -303,6 +324,11 @@ class Session:
     def call_media_changed(self, sip: SipCall) -> None:
         if (call := self._active(sip)) is not None:
             call.media_changed()
+
+    @owner_thread
+    def call_dtmf(self, sip: SipCall, digit: str, duration_ms: int) -> None:
+        if (call := self._active(sip)) is not None:
+            call.dtmf_received(digit, duration_ms)
 
     @owner_thread
     def call_transfer_progress(self, sip: SipCall, code: int, reason: str, final: bool) -> None:

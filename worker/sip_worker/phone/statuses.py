@@ -33,6 +33,7 @@ class CallIdentity:
     # Wall-clock ns at which the worker took the request that started the call (StartCall),
     # carried by the call's initiated status; None: the moment it is recorded.
     started_ns: int | None = None
+    sip_call_id: str = ""  # the SIP Call-ID, once the call has one
 
 
 class StatusRecorder:
@@ -55,6 +56,8 @@ class StatusRecorder:
         transfer_call_id: str = "",
         headers: Mapping[str, str] | None = None,
         exception_name: str = "",
+        call_audio_streams: int = 0,
+        sip_response_code: int = 0,
     ) -> None:
         """A status of `call`: a step (typed by the call's direction) or a type that names no
         direction (transfer_call_initiated, soft_/hard_hangup_initiated)."""
@@ -75,6 +78,8 @@ class StatusRecorder:
             transfer_call_id=transfer_call_id,
             headers=headers,
             exception_name=exception_name,
+            call_audio_streams=call_audio_streams,
+            sip_response_code=sip_response_code,
         )
 
     def _record_call(
@@ -86,6 +91,8 @@ class StatusRecorder:
         transfer_call_id: str = "",
         headers: Mapping[str, str] | None = None,
         exception_name: str = "",
+        call_audio_streams: int = 0,
+        sip_response_code: int = 0,
     ) -> None:
         status = SipStatus(
             status_type=status_type,
@@ -93,6 +100,9 @@ class StatusRecorder:
             transfer_call_id=transfer_call_id,
             description=description,
             exception_name=exception_name,
+            call_id=call.sip_call_id,
+            call_audio_streams=call_audio_streams,
+            sip_response_code=sip_response_code,
         )
         status.headers.update(call.headers if headers is None else headers)
         initiated = meaning(status_type).call is CallStep.INITIATED

@@ -34,6 +34,9 @@ class Transfer:
 
     def __init__(self) -> None:
         self.target: str | None = None  # the transfer_id while a transfer is under way
+        self.left = False  # the transfer succeeded: the call leaves by it
+        # The SIP code of the last attempt (statuses carry it): 202 once the REFER was accepted.
+        self.response_code = 0
 
     @owner_thread
     def start(
@@ -44,15 +47,20 @@ class Transfer:
         except pj.Error as error:
             raise Unreachable(f"cannot transfer to {uri}: {error.reason}") from None
         self.target = transfer_id
+        self.response_code = 0
 
     def progress(self, code: int, reason: str, final: bool) -> TransferOutcome:
         """What the NOTIFY `code reason` of the transfer under way means."""
         log.info("transfer to %s: %d %s%s", self.target, code, reason, " (final)" * final)
         if final and 200 <= code < 300:
+            self.left = True
             return TransferOutcome(leave=True)
         if final:
+            if self.response_code != 202:
+                self.response_code = code  # the REFER itself was refused
             self.target = None
             return TransferOutcome(failed=f"{code} {reason}".strip())
         if code == 100 and reason.lower() == "accepted":
+            self.response_code = 202  # PJSUA reports the REFER's 202 as "100 Accepted"
             return TransferOutcome(await_final=True)
         return TransferOutcome()
