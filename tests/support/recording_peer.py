@@ -4,11 +4,15 @@ Tests run it with `RecordingPeer` (below). The process (`python -m tests.support
 answers every INVITE at once and, while a call's media is up, obeys commands on stdin:
   record PATH   start recording the call's incoming audio to PATH (ends an earlier recording)
   stop          finish the current recording (its WAV header is written)
+  play PATH     play the WAV file PATH (16-bit PCM mono) into the call once (ends an earlier one)
   hangup        send BYE
   quit          exit
 It reports on stdout, one event per line: READY <sip port>, CONFIRMED, MEDIA, RECORDING <path>,
-STOPPED <path>, DISCONNECTED <code>. With --record-calls DIR each call is recorded whole to
-DIR/call-<n>.wav, finished before DISCONNECTED is printed.
+STOPPED <path>, PLAYING <path>, PLAYED <path> (the file reached its end), DTMF <digit> <method>
+(a digit the call received; method rfc2833 for an RFC 4733 telephone-event, info for SIP INFO),
+DISCONNECTED <code>. With --record-calls DIR each call is recorded whole to DIR/call-<n>.wav,
+finished before DISCONNECTED is printed. With --codec ID (such as PCMA/8000 or G722/16000) the
+peer offers and accepts that codec only.
 """
 
 import argparse
@@ -30,10 +34,11 @@ def _riff_size(path: Path) -> int:
     return int.from_bytes(header[4:8], "little") if len(header) == 8 else 0
 
 
-def run_peer(port: int, record_calls: Path | None) -> None:
+def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> None:
     import pjsua2 as pj
 
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
+    dtmf_methods = {pj.PJSUA_DTMF_METHOD_RFC2833: "rfc2833", pj.PJSUA_DTMF_METHOD_SIP_INFO: "info"}
 
     def emit(line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -69,6 +74,23 @@ def run_peer(port: int, record_calls: Path | None) -> None:
             except Exception as error:
                 emit(f"ERROR {error}")
 
+        def onDtmfDigit(self, prm: Any) -> None:
+            # Possibly on a media thread (RFC 4733): only hand the digit to the loop.
+            try:
+                method = dtmf_methods.get(prm.method, str(prm.method))
+                events.put(f"DTMF {prm.digit} {method}")
+            except Exception as error:
+                events.put(f"ERROR {error}")
+
+    class Player(pj.AudioMediaPlayer):  # type: ignore[misc]
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.path = path
+
+        def onEof2(self) -> None:
+            # On the media clock thread: only hand the end over to the loop.
+            events.put(f"PLAYED {self.path}")
+
     calls: list[Call] = []
 
     class Account(pj.Account):  # type: ignore[misc]
@@ -98,8 +120,15 @@ def run_peer(port: int, record_calls: Path | None) -> None:
     local_port = int(str(endpoint.transportGetInfo(transport_id).localName).rsplit(":", 1)[1])
     endpoint.libStart()
     endpoint.audDevManager().setNullDev()
-    for codec in ("speex", "iLBC", "GSM"):
-        endpoint.codecSetPriority(codec, 0)
+    for name in ("speex", "iLBC", "GSM"):
+        endpoint.codecSetPriority(name, 0)
+    if codec is not None:
+        codec_ids = [str(info.codecId) for info in endpoint.codecEnum2()]
+        chosen = [each for each in codec_ids if each.lower().startswith(codec.lower())]
+        if not chosen:
+            raise SystemExit(f"no codec {codec!r} among {codec_ids}")
+        for each in codec_ids:
+            endpoint.codecSetPriority(each, 255 if each in chosen else 0)
     account_config = pj.AccountConfig()
     account_config.idUri = f"sip:peer@127.0.0.1:{local_port}"
     account_config.sipConfig.transportId = transport_id
@@ -120,7 +149,36 @@ def run_peer(port: int, record_calls: Path | None) -> None:
 
     recorder: Any = None
     recorder_path = ""
+    player: Any = None
     call_count = 0
+
+    def stop_playing() -> None:
+        nonlocal player
+        if player is None:
+            return
+        current = calls[-1] if calls else None
+        if current is not None and current.audio is not None:
+            with contextlib.suppress(pj.Error):
+                player.stopTransmit(current.audio)
+        player = None
+        gc.collect()
+
+    def start_playing(path: str) -> None:
+        nonlocal player
+        stop_playing()
+        current = calls[-1] if calls else None
+        if current is None or current.audio is None:
+            emit("ERROR no call media to play into")
+            return
+        new_player = Player(path)
+        try:
+            new_player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
+            new_player.startTransmit(current.audio)
+        except pj.Error as error:
+            emit(f"ERROR cannot play {path}: {error.info()}")
+            return
+        player = new_player
+        emit(f"PLAYING {path}")
 
     def stop_recording() -> None:
         nonlocal recorder
@@ -160,8 +218,13 @@ def run_peer(port: int, record_calls: Path | None) -> None:
             if event == "MEDIA" and record_calls is not None and recorder is None:
                 call_count += 1
                 start_recording(str(record_calls / f"call-{call_count}.wav"))
+            if event.startswith("PLAYED"):
+                if player is None or event != f"PLAYED {player.path}":
+                    continue  # the end of a file a later `play` or the hangup replaced
+                stop_playing()
             if event.startswith("DISCONNECTED"):
                 stop_recording()
+                stop_playing()
                 for call in list(calls):
                     if call.disconnected:
                         calls.remove(call)
@@ -173,11 +236,14 @@ def run_peer(port: int, record_calls: Path | None) -> None:
                 start_recording(argument)
             elif command == "stop":
                 stop_recording()
+            elif command == "play":
+                start_playing(argument)
             elif command == "hangup":
                 endpoint.hangupAllCalls()
             elif command == "quit":
                 running = False
     stop_recording()
+    stop_playing()
     endpoint.hangupAllCalls()
     deadline = time.monotonic() + 1.0
     while calls and time.monotonic() < deadline:
@@ -197,12 +263,15 @@ def run_peer(port: int, record_calls: Path | None) -> None:
 class RecordingPeer:
     """Runs the peer process; `uri` is where to call it. `stop()` kills it (use in teardown)."""
 
-    def __init__(self, workdir: Path, record_calls: bool = False) -> None:
+    def __init__(self, workdir: Path, record_calls: bool = False, codec: str | None = None) -> None:
+        """`codec` (such as "PCMA/8000" or "G722/16000"): the only codec the peer takes."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tests.support.recording_peer", "--port", "0"]
         if record_calls:
             command += ["--record-calls", str(workdir)]
+        if codec is not None:
+            command += ["--codec", codec]
         self.stderr_path = workdir / "peer-stderr.log"
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
@@ -257,6 +326,23 @@ class RecordingPeer:
         self.wait_for("STOPPED")
         return path
 
+    def play(self, path: Path, wait: bool = True, timeout: float = 20.0) -> None:
+        """Plays the WAV file at `path` into the call; with `wait`, until its end."""
+        self.command(f"play {path}")
+        self.wait_for(f"PLAYING {path}")
+        if wait:
+            self.wait_for(f"PLAYED {path}", timeout=timeout)
+
+    def wait_for_digits(self, count: int, timeout: float = 10.0) -> list[tuple[str, str]]:
+        """The next `count` digits the peer received, as (digit, "rfc2833" or "info")."""
+        deadline = time.monotonic() + timeout
+        digits = []
+        while len(digits) < count:
+            line = self.wait_for("DTMF ", timeout=max(0.0, deadline - time.monotonic()))
+            _, digit, method = line.split()
+            digits.append((digit, method))
+        return digits
+
     def stop(self) -> None:
         if self.process.poll() is None:
             try:
@@ -271,8 +357,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--record-calls", type=Path)
+    parser.add_argument("--codec", help="the only codec to offer and accept, e.g. PCMA/8000")
     arguments = parser.parse_args()
-    run_peer(arguments.port, arguments.record_calls)
+    run_peer(arguments.port, arguments.record_calls, arguments.codec)
 
 
 if __name__ == "__main__":
