@@ -154,21 +154,26 @@ class AudioSink(Protocol):
 
 
 class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """A conference-bridge port of one live-audio stream: 20 ms frames in and out."""
+    """A conference-bridge port of live audio: 20 ms frames in and out, fed to `sink`.
+
+    The bridge calls a registered port every tick, connected or not, and PJSUA2 unregisters
+    it only from the C++ destructor, which runs while Python is tearing the object down: so a
+    port is never freed while the bridge runs. Ports are reused (`call_audio.PortPool`); the
+    sink is swapped, a single attribute store the media thread sees whole.
+    """
 
     def __init__(self, sink: AudioSink, frame_bytes: int) -> None:
         super().__init__()
-        self._sink = sink
+        self.sink = sink
         self._frame_bytes = frame_bytes
 
     @media_thread
     def onFrameRequested(self, frame: Any) -> None:
-        frame.buf = pj.ByteVector(self._sink.agent_frame())
+        frame.buf = pj.ByteVector(self.sink.agent_frame())
         frame.size = self._frame_bytes
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
 
     @media_thread
     def onFrameReceived(self, frame: Any) -> None:
-        self._sink.caller_frame(
-            bytes(frame.buf) if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO else b""
-        )
+        audio = frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO
+        self.sink.caller_frame(bytes(frame.buf) if audio else b"")

@@ -26,7 +26,7 @@ from sip_contract.status import CallStep
 from sip_worker.errors import Unreachable, WrongState
 from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipCall, answer_parameters, request_parameters
-from sip_worker.phone.call_audio import CallAudio
+from sip_worker.phone.call_audio import CallAudio, PortPool
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.mute import Mute
 from sip_worker.phone.owner import PjOwner
@@ -69,6 +69,7 @@ class CallServices:
     later: Callable[[float, int, CallAction], Timer]
     # post(serial, action): the same, soon; callable from any thread, media threads too.
     post: Callable[[int, CallAction], None]
+    ports: PortPool  # the live-audio ports, which outlive calls
 
 
 class ActiveCall:
@@ -82,7 +83,7 @@ class ActiveCall:
         )
         self.mute = Mute()
         self.transfer = Transfer()
-        self.audio = CallAudio(services.owner)
+        self.audio = CallAudio(services.ports)
         self.features: tuple[CallFeature, ...] = (self.audio, self.mute, self.playback)
         # Run once the call finished, in order (the session frees its line first).
         self.on_finished: list[Callable[[], None]] = []

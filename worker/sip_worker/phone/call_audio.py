@@ -30,10 +30,60 @@ from sip_worker.phone.audio_tap import (
 )
 from sip_worker.phone.bindings import CallAudioPort
 from sip_worker.phone.hand_off import Timer
-from sip_worker.phone.owner import PjOwner
 from sip_worker.phone.threads import owner_thread
 
 log = logging.getLogger(__name__)
+
+
+class _Idle:
+    """The sink of a port no stream holds: hears nothing, says nothing."""
+
+    def __init__(self, frame_bytes: int) -> None:
+        self._silence = b"\0" * frame_bytes
+
+    def caller_frame(self, pcm: bytes) -> None:
+        pass
+
+    def agent_frame(self) -> bytes:
+        return self._silence
+
+
+class PortPool:
+    """The live-audio ports of the process, by rate: created when first needed, reused after
+    (see `CallAudioPort` for why none is freed while the bridge runs). At most MAX_STREAMS
+    per rate exist, since no more are ever in use at once."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[CallAudioPort]] = {}
+        self._all: list[CallAudioPort] = []
+
+    @owner_thread
+    def take(self, settings: StreamSettings, sink: AudioTap) -> CallAudioPort:
+        free = self._free.setdefault(settings.sample_rate_hz, [])
+        if free:
+            port = free.pop()
+            port.sink = sink
+            return port
+        port = CallAudioPort(sink, settings.frame_bytes)
+        media_format = pj.MediaFormatAudio()
+        media_format.init(pj.PJMEDIA_FORMAT_PCM, settings.sample_rate_hz, 1, FRAME_MS * 1000, 16)
+        port.createPort(f"call-audio-{len(self._all) + 1}", media_format)
+        self._all.append(port)
+        return port
+
+    @owner_thread
+    def give_back(self, port: CallAudioPort, settings: StreamSettings) -> None:
+        port.sink = _Idle(settings.frame_bytes)
+        self._free[settings.sample_rate_hz].append(port)
+
+    @owner_thread
+    def abandon(self) -> None:
+        """At stop: PJSUA2 keeps the ports (and their Python halves) past libDestroy, which
+        removes them from the bridge; freeing them now could race the bridge's last ticks."""
+        for port in self._all:
+            port.__disown__()
+        self._all.clear()
+        self._free.clear()
 
 
 @dataclass(eq=False)
@@ -47,8 +97,8 @@ Endpoint = tuple[str, Any]  # (name, bridge port) of a source or sink
 
 
 class CallAudio:
-    def __init__(self, owner: PjOwner) -> None:
-        self._owner = owner
+    def __init__(self, ports: PortPool) -> None:
+        self._ports = ports
         self._streams: dict[int, _Stream] = {}
         self._serials = 0
         self._audio: Any = None  # the call's pj.AudioMedia while media is active
@@ -79,10 +129,7 @@ class CallAudio:
         self._serials += 1
         serial = self._serials
         tap = AudioTap(settings, call_serial, serial, lambda: request_stall_end(serial))
-        port = CallAudioPort(tap, settings.frame_bytes)
-        media_format = pj.MediaFormatAudio()
-        media_format.init(pj.PJMEDIA_FORMAT_PCM, settings.sample_rate_hz, 1, FRAME_MS * 1000, 16)
-        port.createPort(f"call-audio-{call_serial}-{serial}", media_format)
+        port = self._ports.take(settings, tap)
         timer = schedule_max_duration(settings.max_duration_s, serial)
         self._streams[serial] = _Stream(tap, port, timer)
         log.info(
@@ -102,7 +149,7 @@ class CallAudio:
             return False
         stream.timer.cancel()
         stream.tap.end(reason, detail)
-        self._owner.retire(stream.port)
+        self._ports.give_back(stream.port, stream.tap.settings)
         log.info(
             "audio stream %s ended (%s); %d on the call",
             stream.tap.settings.stream_id or serial,
@@ -127,10 +174,10 @@ class CallAudio:
 
     @owner_thread
     def release(self) -> None:
-        """The call ended: its bridge slot and the ports are gone, and their connections."""
-        self.end_all(SipCallAudioEndReason.SIP_CALL_AUDIO_END_REASON_CALL_ENDED)
-        self._connected.clear()
+        """The call ended: every connection goes, then every stream."""
         self._audio = None
+        self.wire(None, False)
+        self.end_all(SipCallAudioEndReason.SIP_CALL_AUDIO_END_REASON_CALL_ENDED)
 
     @owner_thread
     def wire(self, player: Any, muted: bool) -> None:

@@ -25,6 +25,7 @@ from sip_worker.incoming_headers import address_of, body_is_truncated, caller_ur
 from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipAccount, SipCall, answer_parameters
 from sip_worker.phone.call import ActiveCall, CallAction, CallServices
+from sip_worker.phone.call_audio import PortPool
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.owner import PjOwner, pending_future
 from sip_worker.phone.playback import StagedWav
@@ -52,7 +53,8 @@ class Session:
         self._stopping = False
         self._refusing: list[SipCall] = []  # refused calls awaiting their final answer
         self._serials = itertools.count(1)
-        self._services = CallServices(owner, self.recorder, self._later, self._post)
+        self._ports = PortPool()
+        self._services = CallServices(owner, self.recorder, self._later, self._post, self._ports)
         owner.watch_live_calls(self._live_calls)
         owner.on_stop = self._let_go
 
@@ -304,6 +306,7 @@ class Session:
         self.registration.retire_all()
         self.call = None
         self._refusing.clear()
+        self._ports.abandon()
 
     # ------------------------------------------------------------ SIP events of calls
 
