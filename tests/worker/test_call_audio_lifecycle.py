@@ -110,7 +110,8 @@ def test_sixteen_streams_two_hundred_times_leak_nothing(echo_call: WorkerProcess
     grown_fds = process.num_fds() - fds
     grown_mb = (process.memory_info().rss - rss) / 1e6
     print(
-        f"after 3200 streams: threads {grown_threads:+d}, fds {grown_fds:+d}, RSS {grown_mb:+.1f} MB"
+        f"after 3200 streams: threads {grown_threads:+d}, fds {grown_fds:+d},"
+        f" RSS {grown_mb:+.1f} MB"
     )
     assert grown_threads <= 2
     assert grown_fds <= 2
