@@ -3,16 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+UPSTREAM_CLIENT_DIR := $(VENV)/upstream
 PROTO := protos/ondewo/sip/sip.proto
 
 .PHONY: install proto run test bench lint typecheck check images kind-up deploy e2e clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[worker,operator,test,local]'
+	# Upstream's generated client, never installed (it is an `ondewo` package too): a test
+	# streams call audio with it to prove the wire is upstream's.
+	$(PY) -m pip download --quiet --no-deps --dest $(UPSTREAM_CLIENT_DIR) 'ondewo-sip-client==5.5.2'
 	touch $@
 
 # Regenerates the Python code for the wire contract; tests/test_proto.py fails when it is stale.
