@@ -11,9 +11,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from ondewo.sip import sip_pb2
-from tests.test_proto import ADDED_METHODS, ADDED_SIPSTATUS_FIELDS
 from tests.support import api_doc, audio_contract_doc, worker_probes
 from tests.support.sipp import Sipp, free_udp_port
+from tests.test_proto import ADDED_METHODS, ADDED_SIPSTATUS_FIELDS
 from tests.worker.conftest import SIPP_PASSWORD, WorkerFactory, WorkerProcess, account_of
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
