@@ -143,3 +143,36 @@ def test_clear_silences_ten_seconds_of_buffered_talk_at_once_and_returns_the_mar
     assert dominant_frequency(
         samples[: int((tone_ended - recording_started) * rate)], rate
     ) == pytest.approx(1000.0, abs=25)
+
+
+def test_clear_on_any_stream_drops_the_wav_queue_at_once(
+    peer_call: tuple[WorkerProcess, RecordingPeer], tmp_path: Path
+) -> None:
+    worker, peer = peer_call
+    before = worker.history()
+    worker.stub.PlayWavFiles(
+        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(440, 10.0), tone_wav(440, 10.0)]),
+        timeout=10,
+    )
+    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
+    listen.wait_for("started")
+    path = tmp_path / "clear-wav.wav"
+    peer.command(f"record {path}")
+    peer.wait_for("RECORDING")
+    recording_started = time.monotonic()
+    time.sleep(1.0)
+    cleared_at = time.monotonic()
+    listen.send(Request(clear=True), Request(mark="after-clear"))
+    listen.wait_for("mark")
+    time.sleep(0.8)
+    peer.command("stop")
+    peer.wait_for("STOPPED")
+    listen.close()
+    listen.ended()
+    samples, rate = read_wav(path)
+    loud = [i for i, w in enumerate(windows(samples, rate, 0.01)) if rms(w) > 0.02]
+    tone_ended = recording_started + (loud[-1] + 1) * 0.01
+    assert tone_ended - cleared_at <= 0.060, tone_ended - cleared_at
+    assert worker.history() == before  # a clear is no status; the call goes on
+    # The queue is gone, not paused: nothing plays any more.
+    assert tone_seconds(peer.record(tmp_path / "later.wav", 1.0), 440.0) == 0.0
