@@ -7,7 +7,9 @@ it changes and applied as a difference, so a connection that stays is never touc
 - the agent (the TALK stream when one is connected, else the WAV that is playing) is heard by
   the caller and, unless the call is muted, by every LISTEN stream;
 - so while a TALK stream is connected the WAV queue is heard by nobody, and the bridge, which
-  pulls only ports that someone hears, pauses it until the TALK stream ends.
+  pulls only ports that someone hears, pauses it until the TALK stream ends;
+- the null sound device always hears the caller: a call port nobody pulls lets its jitter
+  buffer fill with what keeps arriving, and the next stream would start about 0.4 s behind.
 Owner thread only.
 """
 
@@ -29,6 +31,7 @@ from sip_worker.phone.audio_tap import (
     StreamSettings,
 )
 from sip_worker.phone.bindings import CallAudioPort
+from sip_worker.phone.endpoint import null_sink
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.threads import owner_thread
 
@@ -99,6 +102,7 @@ Endpoint = tuple[str, Any]  # (name, bridge port) of a source or sink
 class CallAudio:
     def __init__(self, ports: PortPool) -> None:
         self._ports = ports
+        self._null_sink = null_sink()
         self._streams: dict[int, _Stream] = {}
         self._serials = 0
         self._audio: Any = None  # the call's pj.AudioMedia while media is active
@@ -185,6 +189,7 @@ class CallAudio:
         desired: dict[tuple[str, str], tuple[Any, Any]] = {}
         if self._audio is not None:
             caller: Endpoint = ("caller", self._audio)
+            _add(desired, caller, ("null-sink", self._null_sink))
             talk = self._talk()
             agent: Endpoint | None = None
             if talk is not None:

@@ -115,6 +115,13 @@ def _start(library: Any, log_writer: LogWriter, settings: PhoneSettings) -> Endp
 
 
 @owner_thread
+def null_sink() -> Any:
+    """The bridge's port of the null sound device: it hears whatever is connected to it and
+    discards it, every tick."""
+    return pj.Endpoint.instance().audDevManager().getPlaybackDevMedia()
+
+
+@owner_thread
 def hang_up_all(library: Any) -> None:
     library.hangupAllCalls()
 
