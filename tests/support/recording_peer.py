@@ -336,7 +336,7 @@ class RecordingPeer:
     def wait_for_digits(self, count: int, timeout: float = 10.0) -> list[tuple[str, str]]:
         """The next `count` digits the peer received, as (digit, "rfc2833" or "info")."""
         deadline = time.monotonic() + timeout
-        digits = []
+        digits: list[tuple[str, str]] = []
         while len(digits) < count:
             line = self.wait_for("DTMF ", timeout=max(0.0, deadline - time.monotonic()))
             _, digit, method = line.split()
