@@ -186,3 +186,12 @@ def start_tcp_session(
     )
     start_session(worker, registrar, auto_answer_interval=1)
     return worker, registrar
+
+
+@pytest.fixture()
+def echo_call(session: WorkerProcess, sipp_factory: Callable[..., Sipp]) -> WorkerProcess:
+    """A session in a connected outgoing call to a sipp UAS that echoes our RTP (PCMU)."""
+    uas = sipp_factory("uas", args=["-rtp_echo"])
+    session.stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"service@{uas.address}"), timeout=10)
+    session.wait_for_status("outgoing_call_connected")
+    return session

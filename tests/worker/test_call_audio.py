@@ -1,7 +1,7 @@
 """SipStreamCallAudio against real calls: sipp echoing RTP, LISTEN and TALK, end reasons."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -14,15 +14,6 @@ from tests.worker.conftest import WorkerProcess
 
 SippFactory = Callable[..., Sipp]
 Reason = sip_pb2.SipCallAudioEndReason
-
-
-@pytest.fixture()
-def echo_call(session: WorkerProcess, sipp_factory: SippFactory) -> Iterator[WorkerProcess]:
-    """A connected outgoing call to a sipp UAS that echoes our RTP (PCMU)."""
-    uas = sipp_factory("uas", args=["-rtp_echo"])
-    session.stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"service@{uas.address}"), timeout=10)
-    session.wait_for_status("outgoing_call_connected")
-    yield session
 
 
 def open_stream(worker: WorkerProcess, first: Request, **kwargs: object) -> AudioStream:

@@ -1,7 +1,7 @@
 """SipStreamCallAudio's bad inputs: each a clear gRPC error, nothing changed, still serving."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,14 +15,6 @@ from tests.worker.conftest import WorkerProcess
 SippFactory = Callable[..., Sipp]
 Code = grpc.StatusCode
 LISTEN, TALK = sip_pb2.SIP_CALL_AUDIO_MODE_LISTEN, sip_pb2.SIP_CALL_AUDIO_MODE_TALK
-
-
-@pytest.fixture()
-def echo_call(session: WorkerProcess, sipp_factory: SippFactory) -> Iterator[WorkerProcess]:
-    uas = sipp_factory("uas", args=["-rtp_echo"])
-    session.stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"service@{uas.address}"), timeout=10)
-    session.wait_for_status("outgoing_call_connected")
-    yield session
 
 
 def refused(worker: WorkerProcess, *requests: Request) -> grpc.RpcError:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import psutil
@@ -34,14 +34,6 @@ _CLIENT = textwrap.dedent(
     stream.finished.wait()
     """
 )
-
-
-@pytest.fixture()
-def echo_call(session: WorkerProcess, sipp_factory: SippFactory) -> Iterator[WorkerProcess]:
-    uas = sipp_factory("uas", args=["-rtp_echo"])
-    session.stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"service@{uas.address}"), timeout=10)
-    session.wait_for_status("outgoing_call_connected")
-    yield session
 
 
 def test_a_client_whose_connection_is_reset_frees_its_place_at_once(
