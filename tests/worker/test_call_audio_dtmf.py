@@ -181,8 +181,8 @@ def test_a_sip_info_key_press_reaches_every_stream_once(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="worker bug: a SIP INFO digit's Duration is lost; PJSUA2 2.15 gives onDtmfDigit "
-    "PJSUA_UNKNOWN_DTMF_DURATION (0xFFFFFFFF) for INFO too, which bindings.py turns into 0",
+    reason="PJSUA2 2.15 limitation: onDtmfDigit gives PJSUA_UNKNOWN_DTMF_DURATION "
+    "(0xFFFFFFFF) for SIP INFO too, so the worker reports duration_ms 0 (README says so)",
 )
 def test_a_sip_info_key_press_keeps_its_duration(
     session: WorkerProcess, sipp_factory: SippFactory
@@ -273,7 +273,7 @@ def test_bad_send_dtmf_is_refused_and_changes_nothing(
         error: grpc.Call = caught.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
         assert error.details(), name
-    # The edge lengths are fine (64 digits: see the xfail test below).
+    # The edge lengths are fine (64 digits: see the test below).
     session.stub.SendDtmf(sip_pb2.SendDtmfRequest(digits="0" * 16, duration_ms=40), timeout=10)
     assert session.history() == history, "a refused SendDtmf changed the status"
     assert session.status().status_type == sip_pb2.SipStatus.outgoing_call_connected
@@ -288,31 +288,31 @@ def test_bad_send_dtmf_is_refused_and_changes_nothing(
     assert not [line for line in peer.seen if line.startswith("ERROR")]
 
 
-def test_64_digits_go_by_sip_info_at_once(session: WorkerProcess, peer: RecordingPeer) -> None:
-    call_peer(session, peer)
-    digits = "0123456789*#ABCD" * 4
-    session.stub.SendDtmf(
-        sip_pb2.SendDtmfRequest(digits=digits, method=sip_pb2.DTMF_METHOD_SIP_INFO), timeout=10
-    )
-    assert "".join(digit for digit, _ in peer.wait_for_digits(64)) == digits
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="worker bug: check_dtmf admits 64 digits, but PJMEDIA queues at most 31 RFC 4733 "
-    "digits per call (its tx_dtmf_buf, shared with digits still being sent): from 32 on "
-    "SendDtmf fails UNAVAILABLE 'cannot send DTMF: Too many objects of the specified type "
-    "(PJ_ETOOMANY)', and so does a second SendDtmf of 20 while the first 20 still play",
+@pytest.mark.parametrize(
+    ("method", "decoded"),
+    [(sip_pb2.DTMF_METHOD_RFC4733, "rfc2833"), (sip_pb2.DTMF_METHOD_SIP_INFO, "info")],
 )
-def test_64_digits_go_by_rfc4733(session: WorkerProcess, peer: RecordingPeer) -> None:
+def test_64_digits_and_more_requests_queue_and_go_paced(
+    session: WorkerProcess,
+    peer: RecordingPeer,
+    method: sip_pb2.DtmfMethod.ValueType,
+    decoded: str,
+) -> None:
+    # PJMEDIA alone takes at most 31 RFC 4733 digits at a time, and PJSUA would send SIP INFO
+    # digits all at once: the worker queues them and sends one at a time.
     call_peer(session, peer)
     digits = "0123456789*#ABCD" * 4
-    session.stub.SendDtmf(sip_pb2.SendDtmfRequest(digits=digits, duration_ms=40), timeout=10)
-    assert "".join(digit for digit, _ in peer.wait_for_digits(64, timeout=20)) == digits
-    session.stub.SendDtmf(sip_pb2.SendDtmfRequest(digits="5" * 20, duration_ms=40), timeout=10)
-    session.stub.SendDtmf(sip_pb2.SendDtmfRequest(digits="6" * 20, duration_ms=40), timeout=10)
-    assert "".join(d for d, _ in peer.wait_for_digits(40)) == "5" * 20 + "6" * 20
+    sent = time.monotonic()
+    session.stub.SendDtmf(
+        sip_pb2.SendDtmfRequest(digits=digits, duration_ms=40, method=method), timeout=10
+    )
+    session.stub.SendDtmf(
+        sip_pb2.SendDtmfRequest(digits="5" * 20, duration_ms=40, method=method), timeout=10
+    )
+    received = peer.wait_for_digits(84, timeout=30)
+    assert received == [(digit, decoded) for digit in digits + "5" * 20]
+    # Paced: 84 digits of 40 ms with 80 ms between them take about 10 s.
+    assert time.monotonic() - sent >= 84 * 0.12 * 0.9
 
 
 def test_send_dtmf_rfc4733_to_a_far_end_without_telephone_event_is_refused(
@@ -325,8 +325,8 @@ def test_send_dtmf_rfc4733_to_a_far_end_without_telephone_event_is_refused(
     with pytest.raises(grpc.RpcError) as caught:
         session.stub.SendDtmf(sip_pb2.SendDtmfRequest(digits="1"), timeout=10)
     error: grpc.Call = caught.value
-    # The code is UNAVAILABLE today (see the report): asserted here only that it says why.
-    assert "RFC 2833" in (error.details() or ""), error
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "SIP_INFO" in (error.details() or ""), error
     assert session.history() == history
     assert session.status().status_type == sip_pb2.SipStatus.outgoing_call_connected
 

@@ -122,8 +122,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
     @_callback
     def onDtmfDigit(self, prm: Any) -> None:
         # With mainThreadOnly, PJSUA2 defers DTMF callbacks to the owner thread. Once per key
-        # press (RFC 4733 events are told at their start); the duration is known only for
-        # SIP INFO.
+        # press (RFC 4733 events are told at their start); PJSUA2 2.15 gives no duration here,
+        # for SIP INFO neither (PJSUA_UNKNOWN_DTMF_DURATION): it is then 0.
         duration = int(prm.duration)
         self.events.call_dtmf(self, str(prm.digit), duration if duration < 0xFFFF else 0)
 

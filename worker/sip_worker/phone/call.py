@@ -23,10 +23,11 @@ import pjsua2 as pj
 
 from ondewo.sip.sip_pb2 import SipCallAudioEndReason, SipStatus
 from sip_contract.status import CallStep
-from sip_worker.errors import Unreachable, WrongState
+from sip_worker.errors import PhoneError, Unreachable, WrongState
 from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipCall, answer_parameters, request_parameters
 from sip_worker.phone.call_audio import CallAudio, PortPool
+from sip_worker.phone.dtmf import DtmfSender
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.mute import Mute
 from sip_worker.phone.owner import PjOwner
@@ -84,7 +85,8 @@ class ActiveCall:
         self.mute = Mute()
         self.transfer = Transfer()
         self.audio = CallAudio(services.ports)
-        self.features: tuple[CallFeature, ...] = (self.audio, self.mute, self.playback)
+        self.dtmf = DtmfSender()
+        self.features: tuple[CallFeature, ...] = (self.audio, self.mute, self.playback, self.dtmf)
         # Run once the call finished, in order (the session frees its line first).
         self.on_finished: list[Callable[[], None]] = []
         self._services = services
@@ -232,17 +234,23 @@ class ActiveCall:
 
     @owner_thread
     def send_dtmf(self, digits: str, sip_info: bool, duration_ms: int) -> None:
+        """Queues the digits; the first goes at once (its refusal is the caller's error)."""
         self._check_connected()
-        parameters = pj.CallSendDtmfParam()
-        parameters.digits = digits
-        parameters.method = (
-            pj.PJSUA_DTMF_METHOD_SIP_INFO if sip_info else pj.PJSUA_DTMF_METHOD_RFC2833
-        )
-        parameters.duration = duration_ms
+        self.dtmf.enqueue(digits, sip_info, duration_ms)
+        if not self.dtmf.busy:
+            self._send_next_digit()
+
+    @owner_thread
+    def _send_next_digit(self) -> None:
+        after_ms = self.dtmf.send_next(self.sip)
+        if after_ms is not None:
+            self._later(after_ms / 1000, ActiveCall._send_queued_digit)
+
+    def _send_queued_digit(self) -> None:
         try:
-            self.sip.sendDtmf(parameters)
-        except pj.Error as error:
-            raise Unreachable(f"cannot send DTMF: {error.reason}") from None
+            self._send_next_digit()
+        except PhoneError as error:
+            log.warning("DTMF: %s; the digits queued after it are dropped", error)
 
     def _schedule_stream_end(self, seconds: float, stream_serial: int) -> Timer:
         timer = self._services.later(
