@@ -15,11 +15,10 @@ import argparse
 import itertools
 import json
 import time
-from collections.abc import Callable
 
 import pjsua2 as pj
 from audio_clicks import FRAME_S, MAX_LOOP_S, click_frame, is_loud, loop_latencies
-from bare_endpoint import start_endpoint
+from bare_endpoint import hang_up, start_call, start_endpoint
 
 
 class _LoopPort(pj.AudioMediaPort):  # type: ignore[misc]
@@ -58,32 +57,6 @@ class _LoopPort(pj.AudioMediaPort):  # type: ignore[misc]
         self._loud = loud
 
 
-class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, account: pj.Account) -> None:
-        super().__init__(account)
-        self.confirmed = False
-        self.media = False
-        self.disconnected = False
-
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:
-        state = self.getInfo().state
-        if state == pj.PJSIP_INV_STATE_CONFIRMED:
-            self.confirmed = True
-        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.disconnected = True
-
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
-        self.media = True
-
-
-def _poll_until(endpoint: pj.Endpoint, done: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the UAS did not answer in time")
-        endpoint.libHandleEvents(5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True, help="SIP URI of the echoing UAS")
@@ -94,22 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     endpoint, transport = start_endpoint()
-    # As the worker: PCMU first, the codecs it never wants off.
-    for codec, priority in (("PCMU/8000", 255), ("PCMA/8000", 254), ("G722/16000", 253)):
-        endpoint.codecSetPriority(codec, priority)
-    for codec in ("speex", "iLBC", "GSM"):
-        endpoint.codecSetPriority(codec, 0)
-    account_config = pj.AccountConfig()
-    account_config.idUri = "sip:bench@127.0.0.1"
-    account_config.sipConfig.transportId = transport
-    account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
-    account = pj.Account()
-    account.create(account_config, True)
-
-    call = _Call(account)
-    call.makeCall(args.target, pj.CallOpParam(True))
-    _poll_until(endpoint, lambda c=call: c.confirmed and c.media, 10.0)
+    account, call = start_call(endpoint, transport, args.target)
     port = _LoopPort(args.rate)
     media_format = pj.MediaFormatAudio()
     media_format.init(pj.PJMEDIA_FORMAT_PCM, args.rate, 1, int(FRAME_S * 1e6), 16)
@@ -126,8 +84,7 @@ def main() -> None:
     audio.stopTransmit(port)
     port.stopTransmit(audio)
 
-    call.hangup(pj.CallOpParam(True))
-    _poll_until(endpoint, lambda c=call: c.disconnected, 10.0)
+    hang_up(endpoint, call)
     sent, edges, received = list(port.sent), list(port.loud_edges), list(port.received)
     del port, audio, call
     account.shutdown()

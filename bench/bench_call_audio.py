@@ -34,7 +34,18 @@
    and one loop's pacing then ran up to 110 ms late in a trial (two: 30 ms). Printed too: the
    CPU of the clients, of this process, of sipp and of every other process on the box (load
    from elsewhere that disturbs the run), how late the pacing ran, and how many TALK frames were
-   in flight to the worker when its stats were made.
+   in flight to the worker when its stats were made. Floor, in the same part once the workers
+   have stopped: bench/bare_audio_stream.py, CALLS bare PJSUA2 processes, one call each to the
+   same UAS, each with the two 16 kHz bridge ports of a LISTEN and a TALK stream wired as the
+   worker wires them (received frames copied out with the worker's fast read, the TALK port
+   handing over a tone), the frames passed through deques to and from a second Python thread,
+   no gRPC and none of our code; against the same processes playing the WAV with an
+   AudioMediaPlayer; BARE_ROUNDS rounds, measured alike (ordered as the workers' rounds: a
+   worker keeps its stream ports after its first streams, and the bridge calls a registered
+   port every tick, so the last WAV window has them idle, in both). Printed without a target:
+   the bare ratio streaming / WAV beside the worker's (what any design on PJSUA2's Python
+   bindings with per-frame callbacks costs), and the worker's streaming CPU per call over the
+   bare one.
 
 Everything runs on 127.0.0.1 with free ports; every process started here is stopped at the end,
 on errors too. `--help` lists the knobs for shorter runs.
@@ -48,6 +59,7 @@ import math
 import multiprocessing
 import os
 import queue
+import select
 import socket
 import statistics
 import subprocess
@@ -80,6 +92,7 @@ from tests.support.redis_server import RedisServer, free_port  # noqa: E402
 
 SIP_WORKER = Path(sys.executable).parent / "sip-worker"
 BARE_LOOP = REPO / "bench" / "bare_audio_loop.py"
+BARE_STREAM = REPO / "bench" / "bare_audio_stream.py"
 REGISTRAR_SCENARIO = REPO / "tests" / "support" / "sipp" / "registrar_auth.xml"
 ACCOUNT_USER = "bench"
 ACCOUNT_PASSWORD = "bench-secret"
@@ -96,6 +109,8 @@ IDLE_CALL_S = 5.0
 # Part 2.
 CALLS = 20
 CPU_ROUNDS = 2  # each one WAV window and one streaming window
+# The floor's, alike: its last WAV window, as the workers', has the stream ports idle.
+BARE_ROUNDS = 2
 WINDOW_S = 10.0
 SETTLE_S = 1.0  # after a change of state, before a window opens
 TALK_LEAD_FRAMES = 10
@@ -760,6 +775,22 @@ def bench_cpu(
     stack: ExitStack, redis_url: str, registrar_port: int, workdir: Path, client_count: int
 ) -> None:
     uas_port, uas = _sipp_uas(stack, workdir)
+    with ExitStack() as workers_part:  # the workers are gone before the floor runs
+        worker_cpu = _workers_cpu(
+            workers_part, uas_port, uas, redis_url, registrar_port, workdir, client_count
+        )
+    report_cpu(*worker_cpu, bare_cpu(stack, uas_port, uas, workdir))
+
+
+def _workers_cpu(
+    stack: ExitStack,
+    uas_port: int,
+    uas: subprocess.Popen[bytes],
+    redis_url: str,
+    registrar_port: int,
+    workdir: Path,
+    client_count: int,
+) -> tuple[list[Usage], list[Usage], list[dict[str, Any]], int]:
     workers = start_workers(stack, CALLS, redis_url, registrar_port, workdir)
     clients = stack.enter_context(
         client_processes([w.grpc_port for w in workers], min(client_count, CALLS))
@@ -791,11 +822,86 @@ def bench_cpu(
     for worker in workers:
         if worker.status().call_audio_streams:
             raise RuntimeError(f"worker {worker.grpc_port} still reports audio streams")
-    report_cpu(wav_usage, stream_usage, results, len(clients.processes))
+    return wav_usage, stream_usage, results, len(clients.processes)
+
+
+@dataclass
+class BareCpu:
+    wav: list[Usage]
+    streams: list[Usage]
+    # Per process and state left, bare_audio_stream.py's counters (see its docstring).
+    counts: list[dict[str, Any]]
+
+
+def _bare_line(process: subprocess.Popen[str], log_path: Path, timeout: float) -> str:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"bare_audio_stream.py did not answer (exit {process.poll()}):\n{tail}")
+    return line.strip()
+
+
+def bare_cpu(
+    stack: ExitStack, uas_port: int, uas: subprocess.Popen[bytes], workdir: Path
+) -> BareCpu:
+    """The floor: CALLS bare_audio_stream.py processes, one call each to the same UAS,
+    measured as the workers are, in BARE_ROUNDS rounds (WAV, streaming; then the other way)."""
+    wav_path = workdir / "bare-tone.wav"
+    wav_path.write_bytes(tone_wav(WAV_SECONDS))
+    processes: list[Any] = stack.enter_context(_processes())
+    logs = []
+    for number in range(CALLS):
+        log_path = workdir / f"bare-stream-{number}.log"
+        with log_path.open("wb") as log:
+            command = [sys.executable, str(BARE_STREAM), "--wav", str(wav_path)]
+            command += ["--target", f"sip:service@127.0.0.1:{uas_port}", "--rate", str(RATE)]
+            command += ["--rtp-port", str(_free_udp_port())]
+            processes.append(
+                subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+                )
+            )
+        logs.append(log_path)
+
+    def tell(command: str) -> list[dict[str, Any]]:
+        for process in processes:
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+        return [
+            json.loads(_bare_line(p, log, 15.0)) for p, log in zip(processes, logs, strict=True)
+        ]
+
+    for process, log_path in zip(processes, logs, strict=True):
+        if (line := _bare_line(process, log_path, 30.0)) != "READY":
+            raise RuntimeError(f"bare_audio_stream.py said {line!r}, not READY")
+    groups = {
+        "workers": [psutil.Process(p.pid) for p in processes],
+        "clients": [],
+        "bench": [psutil.Process()],
+        "sipp": [psutil.Process(uas.pid)],
+    }
+    result = BareCpu([], [], [])
+    for number in range(BARE_ROUNDS):
+        for phase in ("wav", "stream") if number % 2 == 0 else ("stream", "wav"):
+            result.counts += tell(phase)
+            time.sleep(SETTLE_S)
+            (result.wav if phase == "wav" else result.streams).append(measure(groups, WINDOW_S))
+    result.counts += tell("quit")
+    for process, log_path in zip(processes, logs, strict=True):
+        if process.wait(15) != 0:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"bare_audio_stream.py exited with {process.returncode}:\n{tail}")
+    return result
 
 
 def report_cpu(
-    wav_usage: list[Usage], stream_usage: list[Usage], results: list[dict[str, Any]], clients: int
+    wav_usage: list[Usage],
+    stream_usage: list[Usage],
+    results: list[dict[str, Any]],
+    clients: int,
+    bare: BareCpu,
 ) -> None:
     def per_call(usage: list[Usage]) -> float:
         """Worker CPU seconds per call per WINDOW_S of wall clock."""
@@ -822,13 +928,48 @@ def report_cpu(
         )
     )
     print(_target_line("ratio streaming / WAV", streams / wav, 2.0, ""))
-    for title, usage in (("WAV", wav_usage), ("streaming", stream_usage)):
+    bare_wav, bare_streams = per_call(bare.wav), per_call(bare.streams)
+    print(
+        f"  floor: {CALLS} bare PJSUA2 processes, no gRPC (bench/bare_audio_stream.py; "
+        f"{len(bare.wav)} round(s) of {WINDOW_S:g} s windows per state)"
+    )
+    for name, value in (
+        ("WAV only (AudioMediaPlayer)", bare_wav),
+        ("streaming (2 ports + thread)", bare_streams),
+    ):
         print(
-            f"  cores busy while {title:<9}: workers {cores(usage, 'workers'):.2f}, "
+            f"  bare CPU per call, {name:<30} {value:6.3f} s per {WINDOW_S:g} s "
+            f"({value / WINDOW_S * 100:5.1f} % of a core)"
+        )
+    print(
+        "  bare per round, streaming/WAV per call s: "
+        + "  ".join(
+            f"{s.workers / CALLS:.3f}/{w.workers / CALLS:.3f}"
+            for s, w in zip(bare.streams, bare.wav, strict=True)
+        )
+    )
+    print(
+        f"  ratio streaming / WAV: worker {streams / wav:.2f}, bare {bare_streams / bare_wav:.2f}"
+        " (the bare one is the floor for this stack; no target)"
+    )
+    print(
+        f"  worker streaming CPU / bare streaming CPU, per call: {streams / bare_streams:.2f} "
+        f"(+{streams - bare_streams:.3f} s per {WINDOW_S:g} s per call: gRPC and our code)"
+    )
+    usages = (
+        ("WAV", "workers", wav_usage),
+        ("streaming", "workers", stream_usage),
+        ("bare WAV", "bare", bare.wav),
+        ("bare streaming", "bare", bare.streams),
+    )
+    for title, who, usage in usages:
+        print(
+            f"  cores busy while {title:<14}: {who} {cores(usage, 'workers'):.2f}, "
             f"clients {cores(usage, 'clients'):.2f}, this process {cores(usage, 'bench'):.2f}, "
             f"sipp {cores(usage, 'sipp'):.2f}; other processes on the box "
             f"{cores(usage, 'others'):.2f}"
         )
+    report_bare_counts(bare.counts)
     streams_seen = [s for result in results for s in result["streams"]]
     totals = {name: sum(s["stats"][name] for s in streams_seen) for name in STATS_FIELDS}
     missing = sum(1 for s in streams_seen if s["stats"]["frames_sent"] < 0)
@@ -869,20 +1010,45 @@ def report_cpu(
     print(f"  audio frames received per stream per s, fewest {fewest:.1f} (50 expected)")
 
 
+def report_bare_counts(counts: list[dict[str, Any]]) -> None:
+    """Whether the floor did its work: frames per port per s, TALK underruns, drained."""
+    streamed = [c for c in counts if c["state"] == "stream"]
+    if not streamed:
+        return
+    rates = [port["received"] / c["seconds"] for c in streamed for port in c["ports"]]
+    requested = [c["ports"][1]["requested"] / c["seconds"] for c in streamed]
+    drained = [c["drained"] / c["seconds"] / 2 for c in streamed]
+    underruns = sum(c["ports"][1]["underruns"] for c in streamed)
+    print(
+        f"  bare streaming: audio frames received per port per s, fewest {min(rates):.1f}; "
+        f"TALK frames requested per s, fewest {min(requested):.1f}; drained per port per s, "
+        f"fewest {min(drained):.1f}; TALK underruns {underruns} (50 per s expected, 0 underruns)"
+    )
+    idle = [c for c in counts if c["state"] == "wav" and c["ports"]]
+    if idle:
+        none = [port["none"] / c["seconds"] for c in idle for port in c["ports"]]
+        print(
+            f"  bare WAV with the ports idle: frames without audio per idle port per s, "
+            f"fewest {min(none):.1f} (the bridge calls a registered port every tick)"
+        )
+
+
 def main() -> None:
-    global LOOP_ROUNDS, CLICKS_PER_ROUND, CALLS, CPU_ROUNDS, WINDOW_S
+    global LOOP_ROUNDS, CLICKS_PER_ROUND, CALLS, CPU_ROUNDS, WINDOW_S, BARE_ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("all", "loop", "cpu"), default="all")
     parser.add_argument("--loop-rounds", type=int, default=LOOP_ROUNDS)
     parser.add_argument("--clicks", type=int, default=CLICKS_PER_ROUND, help="per round")
     parser.add_argument("--calls", type=int, default=CALLS)
     parser.add_argument("--cpu-rounds", type=int, default=CPU_ROUNDS)
+    parser.add_argument("--bare-rounds", type=int, default=BARE_ROUNDS, help="the CPU floor's")
     parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds")
     parser.add_argument("--client-processes", type=int, default=CLIENT_PROCESSES)
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args()
     LOOP_ROUNDS, CLICKS_PER_ROUND = args.loop_rounds, args.clicks
     CALLS, CPU_ROUNDS, WINDOW_S = args.calls, args.cpu_rounds, args.window
+    BARE_ROUNDS = args.bare_rounds
 
     began = time.monotonic()
     with ExitStack() as stack:
