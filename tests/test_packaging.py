@@ -233,7 +233,8 @@ def test_the_base_dependencies_are_what_both_images_import() -> None:
         modules = {i.module for i in third_party_imports(IMAGES[image][1])}
         needed[image] = {name for m in modules for name in providers(m)}
     base = {requirement_name(r) for r in project["project"]["dependencies"]}
-    assert base == needed["worker"] & needed["operator"]
+    # redis-py imports its C reply parser itself, when it is installed.
+    assert base == needed["worker"] & needed["operator"] | {"hiredis"}
 
 
 def test_the_dev_venv_installs_every_extra() -> None:
