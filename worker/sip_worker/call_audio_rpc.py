@@ -108,6 +108,9 @@ def stream_call_audio(
     except PhoneError as error:
         opened.set_result(None)
         abort(context, error)
+    except BaseException:
+        opened.set_result(None)  # the reader thread must not wait for a stream that never was
+        raise
     opened.set_result(tap)
     # Whatever ends the RPC (the client vanishing too) frees the stream's place at once.
     context.add_callback(lambda: phone.close_call_audio(tap, _CLIENT_CLOSED))
