@@ -9,7 +9,7 @@ import pytest
 from sip_worker.config import WorkerConfig
 from sip_worker.phone import Phone, threads
 from tests.support.memory_history import MemoryHistory
-from tests.support.sip_peers import SIPP_PASSWORD, account_of
+from tests.support.sip_peers import SIPP_PASSWORD, SippFactory, account_of
 from tests.support.sipp import Sipp, free_udp_port
 
 
@@ -24,6 +24,14 @@ class PhoneUnderTest:
         self.phone.register_account(account, SIPP_PASSWORD)
         self.phone.start_session(account, auto_answer_interval)
         return account
+
+    def call_connected(self, registrar: Sipp, sipp_factory: SippFactory) -> Sipp:
+        """A session and an outgoing call, connected, to a sipp UAS; returns the UAS."""
+        self.open_session(registrar)
+        uas = sipp_factory("uas")
+        self.phone.start_call(f"service@{uas.address}", {})
+        self.history.wait_for("outgoing_call_connected")
+        return uas
 
 
 def phone_settings() -> WorkerConfig:

@@ -29,10 +29,7 @@ def test_registered_without_a_session_refuses_with_480(
 def test_a_second_call_while_busy_gets_486_and_leaves_the_first(
     phone: PhoneUnderTest, registrar: Sipp, sipp_factory: SippFactory
 ) -> None:
-    phone.open_session(registrar)
-    uas = sipp_factory("uas")
-    phone.phone.start_call(f"service@{uas.address}", {})
-    phone.history.wait_for("outgoing_call_connected")
+    phone.call_connected(registrar, sipp_factory)
     before = phone.history.types()
 
     second = call_phone(sipp_factory, phone, "uac_busy.xml")
@@ -89,10 +86,7 @@ def test_a_body_shorter_than_its_content_length_gets_400(
 def test_while_stopping_new_calls_get_503_and_the_call_ends_softly(
     phone: PhoneUnderTest, registrar: Sipp, sipp_factory: SippFactory
 ) -> None:
-    phone.open_session(registrar)
-    uas = sipp_factory("uas")
-    phone.phone.start_call(f"service@{uas.address}", {})
-    phone.history.wait_for("outgoing_call_connected")
+    phone.call_connected(registrar, sipp_factory)
     phone.phone.play_wav_files([tone_wav(440.0, 3.0)])
 
     stopping = threading.Thread(target=phone.phone.stop, args=(6.0,))

@@ -68,44 +68,28 @@ class StatusRecorder:
             self._announced.add(call.serial)
         elif call.serial not in self._announced:
             self._announced.add(call.serial)
-            self._record_call(call, call_status_type(CallStep.INITIATED, call.direction))
+            initiated = call_status_type(CallStep.INITIATED, call.direction)
+            self._record_call(call, SipStatus(status_type=initiated), None)
         if meaning(status_type).ends_call:
             self._announced.discard(call.serial)
-        self._record_call(
-            call,
-            status_type,
-            description=description,
-            transfer_call_id=transfer_call_id,
-            headers=headers,
-            exception_name=exception_name,
-            call_audio_streams=call_audio_streams,
-            sip_response_code=sip_response_code,
-        )
-
-    def _record_call(
-        self,
-        call: CallIdentity,
-        status_type: StatusType,
-        *,
-        description: str = "",
-        transfer_call_id: str = "",
-        headers: Mapping[str, str] | None = None,
-        exception_name: str = "",
-        call_audio_streams: int = 0,
-        sip_response_code: int = 0,
-    ) -> None:
         status = SipStatus(
             status_type=status_type,
-            callee_id=call.callee_id,
             transfer_call_id=transfer_call_id,
             description=description,
             exception_name=exception_name,
-            call_id=call.sip_call_id,
             call_audio_streams=call_audio_streams,
             sip_response_code=sip_response_code,
         )
+        self._record_call(call, status, headers)
+
+    def _record_call(
+        self, call: CallIdentity, status: SipStatus, headers: Mapping[str, str] | None
+    ) -> None:
+        """Adds what every status of `call` carries, then appends it."""
+        status.callee_id = call.callee_id
+        status.call_id = call.sip_call_id
         status.headers.update(call.headers if headers is None else headers)
-        initiated = meaning(status_type).call is CallStep.INITIATED
+        initiated = meaning(status.status_type).call is CallStep.INITIATED
         self._append(
             status,
             at_ns=call.started_ns if initiated else None,
