@@ -10,7 +10,7 @@ from sip_worker.config import WorkerConfig
 from sip_worker.phone import Phone, threads
 from tests.support.memory_history import MemoryHistory
 from tests.support.sip_peers import SIPP_PASSWORD, SippFactory, account_of
-from tests.support.sipp import Sipp, free_udp_port
+from tests.support.sipp import PHONE_RTP_PORTS, Sipp, free_media_ports
 
 
 @dataclass
@@ -36,7 +36,10 @@ class PhoneUnderTest:
 
 def phone_settings() -> WorkerConfig:
     return WorkerConfig(
-        sip_host="127.0.0.1", sip_port=0, rtp_port=free_udp_port(), redis_url="memory://"
+        sip_host="127.0.0.1",
+        sip_port=0,
+        rtp_port=free_media_ports(PHONE_RTP_PORTS),
+        redis_url="memory://",
     )
 
 

@@ -29,6 +29,38 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Media ports come in blocks below the kernel's ephemeral range (32768 and up), so that no
+# port the kernel hands to a bind(0) (a SIP or control port) can land inside one: sipp binds
+# its media port and the three above it (RTCP, video RTP and RTCP), PJSUA2 a pair per call.
+# Blocks are handed out in turn and only come round again after the whole range is used.
+MEDIA_PORTS = range(20000, 32768)
+_next_media_port = MEDIA_PORTS.start
+# A phone under test takes a new RTP and RTCP pair for each call: room for sixteen calls.
+PHONE_RTP_PORTS = 32
+
+
+def free_media_ports(count: int = 4) -> int:
+    """The first of `count` consecutive free UDP ports (an even one, as RTP wants)."""
+    global _next_media_port
+    for _ in range(len(MEDIA_PORTS)):
+        first = _next_media_port
+        if first + count > MEDIA_PORTS.stop:
+            first = MEDIA_PORTS.start
+        _next_media_port = first + count + count % 2
+        if all(_udp_port_is_free(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive UDP ports in {MEDIA_PORTS}")
+
+
+def _udp_port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def sipp_binary() -> str:
     path = shutil.which("sipp")
     if path is None:
@@ -58,7 +90,7 @@ class Sipp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_udp_port() if transport == "udp" else free_tcp_port()
         self.control_port = free_udp_port()
-        self.media_port = free_udp_port()
+        self.media_port = free_media_ports()
         self.remote = remote
         self.variables = variables or {}
         self.args = list(args)
