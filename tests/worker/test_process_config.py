@@ -13,7 +13,7 @@ from google.protobuf.empty_pb2 import Empty
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from tests.support import worker_probes
 from tests.support.redis_server import RedisServer
-from tests.support.sipp import Sipp, free_tcp_port, free_udp_port
+from tests.support.sipp import PHONE_RTP_PORTS, Sipp, free_media_ports, free_tcp_port, free_udp_port
 from tests.support.worker_cli import SIP_WORKER, run_sip_worker, worker_environment
 from tests.worker.conftest import SIPP_PASSWORD, SIPP_USER, WorkerFactory, account_of
 
@@ -150,7 +150,7 @@ def test_env_vars_configure_the_worker_as_the_flags_do(
         "SIP_WORKER_GRPC_PORT": str(grpc_port),
         "SIP_WORKER_SIP_HOST": "127.0.0.1",
         "SIP_WORKER_SIP_PORT": "0",
-        "SIP_WORKER_RTP_PORT": str(free_udp_port()),
+        "SIP_WORKER_RTP_PORT": str(free_media_ports(PHONE_RTP_PORTS)),
         "SIP_WORKER_REDIS_URL": redis_server.url,
         "SIP_WORKER_SESSION_KEY": "env-session",
         "SIP_WORKER_ACCOUNT": account_of(registrar),
