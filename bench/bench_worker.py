@@ -16,7 +16,10 @@
    is only loaded then). Targets <= 50 MB and <= 500 ms. Against it, the same in the same run
    for bench/bare_stack.py: the fixed stack alone (Python, grpcio with health and reflection,
    a started PJSUA2 endpoint, redis-py), none of the worker's code: the floor any worker on
-   this stack starts from.
+   this stack starts from (printed as 4).
+5. What one call costs, for sizing a node (no target): the worker's CPU (fraction of one core)
+   and RSS over CALL_SAMPLE_S idle with its session ready, then as long in a connected call
+   with RTP both ways (the sipp UAS echoes the worker's stream).
 
 Everything runs on 127.0.0.1 with free ports; every process started here is stopped at the end.
 """
@@ -55,6 +58,7 @@ POLL_S = 0.02
 SETUP_QUIET_S = 0.03
 STATUS_RPCS = 10_000
 STARTS = 5
+CALL_SAMPLE_S = 10.0
 # How the operator runs workers (logging at the default INFO); the metrics port follows.
 DEPLOYED_FLAGS = ("--log-format", "json", "--metrics-port")
 ACCOUNT_USER = "bench"
@@ -309,6 +313,25 @@ def bench_rpcs(channel: grpc.Channel) -> tuple[list[float], list[float]]:
     return status_us, health_us
 
 
+def _cpu_and_rss(pid: int, seconds: float) -> tuple[float, float]:
+    """The process's CPU use over `seconds` (cores) and its RSS at the end (MB)."""
+    process = psutil.Process(pid)
+    before = sum(process.cpu_times()[:2])
+    time.sleep(seconds)
+    used = sum(process.cpu_times()[:2]) - before
+    return used / seconds, process.memory_info().rss / 2**20
+
+
+def bench_call_cost(stub: sip_pb2_grpc.SipStub, uas_port: int, pid: int) -> dict[str, float]:
+    idle_cpu, idle_rss = _cpu_and_rss(pid, CALL_SAMPLE_S)
+    stub.StartCall(sip_pb2.StartCallRequest(callee_id=f"sip:echo@127.0.0.1:{uas_port}"), timeout=10)
+    _wait_status(stub, lambda s: s.status_type == Status.outgoing_call_connected)
+    call_cpu, call_rss = _cpu_and_rss(pid, CALL_SAMPLE_S)
+    stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    _wait_status(stub, lambda s: s.status_type == Status.outgoing_call_finished)
+    return {"idle_cpu": idle_cpu, "idle_rss": idle_rss, "call_cpu": call_cpu, "call_rss": call_rss}
+
+
 def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-worker-")))
@@ -363,6 +386,7 @@ def main() -> None:
                 (_median(spans["worker"][worker_before:]), _median(bare_ms[bare_before:]))
             )
         status_us, health_us = bench_rpcs(channel)
+        call_cost = bench_call_cost(stub, uas_port, process.pid)
 
     worker_median = _median(spans["worker"])
     bare_median = _median(bare_ms)
@@ -403,6 +427,15 @@ def main() -> None:
     print(
         f"  worker (defaults) over the bare stack: RSS +{worker_rss - bare_rss:.2f} MB, "
         f"ratio {worker_rss / bare_rss:.2f}"
+    )
+    print(f"5. what one call costs ({CALL_SAMPLE_S:.0f} s each; no target)")
+    print(
+        f"  session ready, no call:   CPU {call_cost['idle_cpu'] * 100:5.1f}% of a core, "
+        f"RSS {call_cost['idle_rss']:.1f} MB"
+    )
+    print(
+        f"  one call, RTP both ways:  CPU {call_cost['call_cpu'] * 100:5.1f}% of a core, "
+        f"RSS {call_cost['call_rss']:.1f} MB"
     )
 
 
