@@ -30,7 +30,7 @@ PEERING_NAMESPACED = {"operator": {"replicas": 2}, "watch": {"namespaces": ["tea
 PEERING_ALL_NAMESPACES = {"operator": {"replicas": 3}, "watch": {"allNamespaces": True}}
 # Prometheus Operator monitors and the Grafana dashboard on, scraped from a monitoring namespace.
 MONITORING_NAMESPACE = "monitoring"
-MONITORING = {
+MONITORING: dict[str, Any] = {
     "metrics": {
         "podMonitor": {
             "enabled": True,
