@@ -28,12 +28,36 @@ EXTERNAL_ALL_NAMESPACES = {
 # kopf peering: more than one operator replica, in two namespaces or cluster-wide.
 PEERING_NAMESPACED = {"operator": {"replicas": 2}, "watch": {"namespaces": ["team-a", "team-b"]}}
 PEERING_ALL_NAMESPACES = {"operator": {"replicas": 3}, "watch": {"allNamespaces": True}}
+# Prometheus Operator monitors and the Grafana dashboard on, scraped from a monitoring namespace.
+MONITORING_NAMESPACE = "monitoring"
+MONITORING: dict[str, Any] = {
+    "metrics": {
+        "podMonitor": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+        },
+        "operatorMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "dashboard": {"enabled": True, "namespace": MONITORING_NAMESPACE},
+    },
+    "networkPolicy": {
+        "metricsClients": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                }
+            }
+        ]
+    },
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "external-redis-all-namespaces-no-netpol": EXTERNAL_ALL_NAMESPACES,
     "peering-namespaced": PEERING_NAMESPACED,
     "peering-all-namespaces": PEERING_ALL_NAMESPACES,
+    "monitoring": MONITORING,
 }
 
 Manifest = dict[str, Any]

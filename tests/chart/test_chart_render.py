@@ -1,6 +1,8 @@
 """The chart renders with a real Helm (the Go SDK), lints clean, and every object validates offline
 against the Kubernetes 1.32 schemas; the value sets change what they should."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -24,6 +26,8 @@ from tests.chart.rendering import (
     render,
 )
 
+PODMONITOR_SCHEMA = Path(__file__).parent / "schemas" / "podmonitor-v1.json"
+
 
 def _operator_container(manifests: list[Manifest]) -> dict[str, Any]:
     deployment = one_of_kind(manifests, "Deployment")
@@ -38,8 +42,11 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> openAPIV3Schema of every CRD the chart ships."""
-    schemas = {}
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD the chart ships, and the strict schema
+    of the Prometheus Operator's PodMonitor (its CRD is the cluster's, not the chart's)."""
+    schemas = {
+        ("monitoring.coreos.com/v1", "PodMonitor"): json.loads(PODMONITOR_SCHEMA.read_text())
+    }
     for crd_file in chart_crds():
         for crd in yaml.safe_load_all(crd_file["data"]):
             for version in crd["spec"]["versions"]:
@@ -99,6 +106,16 @@ def test_the_validation_rejects_a_wrong_manifest() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
+def test_the_podmonitor_validation_rejects_a_misspelt_field() -> None:
+    """A field the API server would silently prune (a typo) fails the PodMonitor schema."""
+    monitor = one_of_kind(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    schema = _crd_schemas()[("monitoring.coreos.com/v1", "PodMonitor")]
+    jsonschema.validate(monitor, schema)
+    monitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, schema)
+
+
 def test_default_values_render_a_namespaced_operator_with_its_own_redis() -> None:
     manifests = render({})
     kinds = sorted(m["kind"] for m in manifests)
@@ -106,6 +123,7 @@ def test_default_values_render_a_namespaced_operator_with_its_own_redis() -> Non
         [
             "ConfigMap",
             "Deployment",
+            "NetworkPolicy",
             "NetworkPolicy",
             "NetworkPolicy",
             "Role",
@@ -245,9 +263,10 @@ def test_watched_namespaces_get_the_worker_network_policy_and_redis_secret() -> 
 
 def test_all_namespaces_prepares_the_listed_session_namespaces() -> None:
     manifests = render({"watch": {"allNamespaces": True, "sessionNamespaces": ["calls"]}})
-    # The worker policy goes to the listed namespace; Redis's own stays with Redis.
+    # The worker policy goes to the listed namespace; the operator's and Redis's stay with them.
     assert sorted(p["metadata"]["namespace"] for p in of_kind(manifests, "NetworkPolicy")) == [
         "calls",
+        NAMESPACE,
         NAMESPACE,
     ]
     assert sorted(s["metadata"]["namespace"] for s in of_kind(manifests, "Secret")) == [

@@ -126,6 +126,17 @@ BAD_VALUES = {
     "grpc-clients-empty": {"networkPolicy": {"grpcClients": []}},
     "grpc-client-unknown-field": {"networkPolicy": {"grpcClients": [{"podSelektor": {}}]}},
     "pvc-size-without-unit": {"redis": {"persistence": {"size": "10"}}},
+    "operator-metrics-port-out-of-range": {"operator": {"metricsPort": 70000}},
+    "interval-without-unit": {"metrics": {"podMonitor": {"interval": "30"}}},
+    "interval-fractional": {"metrics": {"operatorMonitor": {"interval": "1.5m"}}},
+    "interval-zero": {"metrics": {"podMonitor": {"interval": "0s"}}},
+    "scrape-timeout-words": {"metrics": {"podMonitor": {"scrapeTimeout": "soon"}}},
+    "monitor-unknown-key": {"metrics": {"podMonitor": {"enable": True}}},
+    "monitor-enabled-as-text": {"metrics": {"operatorMonitor": {"enabled": "yes"}}},
+    "monitor-label-key-with-space": {"metrics": {"podMonitor": {"labels": {"my release": "x"}}}},
+    "monitor-label-value-not-text": {"metrics": {"podMonitor": {"labels": {"release": 1}}}},
+    "dashboard-namespace-uppercase": {"metrics": {"dashboard": {"namespace": "Monitoring"}}},
+    "dashboard-label-value-with-slash": {"metrics": {"dashboard": {"labels": {"a": "b/c"}}}},
 }
 
 

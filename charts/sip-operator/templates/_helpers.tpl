@@ -97,11 +97,34 @@ password
 {{- end -}}
 {{- end -}}
 
-{{/* Refuses values no schema can express: an RTP range that ends before it starts. */}}
+{{/* Refuses values no schema can express: an RTP range that ends before it starts, a
+monitor of a metrics port that is off, a scrape timeout longer than its interval. */}}
 {{- define "sip-operator.checkValues" -}}
 {{- if lt (int .Values.worker.rtpPortEnd) (int .Values.worker.rtpPortStart) -}}
 {{- fail "worker.rtpPortEnd must not be below worker.rtpPortStart" -}}
 {{- end -}}
+{{- if and .Values.operator.metricsPort (eq (int .Values.operator.metricsPort) (int .Values.operator.livenessPort)) -}}
+{{- fail "operator.metricsPort must differ from operator.livenessPort" -}}
+{{- end -}}
+{{- if and .Values.metrics.podMonitor.enabled (not .Values.worker.metricsPort) -}}
+{{- fail "metrics.podMonitor.enabled needs worker.metricsPort (it is 0, metrics off)" -}}
+{{- end -}}
+{{- if and .Values.metrics.operatorMonitor.enabled (not .Values.operator.metricsPort) -}}
+{{- fail "metrics.operatorMonitor.enabled needs operator.metricsPort (it is 0, metrics off)" -}}
+{{- end -}}
+{{- range $monitor := list "podMonitor" "operatorMonitor" }}
+{{- $values := index $.Values.metrics $monitor }}
+{{- if and $values.scrapeTimeout (gt (int64 (include "sip-operator.milliseconds" $values.scrapeTimeout)) (int64 (include "sip-operator.milliseconds" $values.interval))) }}
+{{- fail (printf "metrics.%s.scrapeTimeout (%s) must not exceed its interval (%s)" $monitor $values.scrapeTimeout $values.interval) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A duration the schema admits (a number and ms, s, m or h) in milliseconds. */}}
+{{- define "sip-operator.milliseconds" -}}
+{{- $unit := regexFind "[a-z]+$" . -}}
+{{- $perUnit := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- mul (regexFind "^[0-9]+" . | int64) (index $perUnit $unit) -}}
 {{- end -}}
 
 {{- define "sip-operator.image" -}}
