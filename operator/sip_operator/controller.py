@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sip_operator import phase
+from sip_operator import metrics, phase
 from sip_operator.kube import AlreadyExists, KubeApi, KubeError
+from sip_operator.metrics import ErrorKind
 from sip_operator.phase import Observation, PodState, WorkerStatus
 from sip_operator.pod_builder import (
     ANNOTATION_SPEC_HASH,
@@ -69,6 +70,7 @@ class Session:
     replacing: bool = False
     children_ready: bool = False  # token Secret and Service exist
     pod_failures: int = 0  # pod losses since the last ready pod: the recreation backoff
+    pod_lost: bool = False  # the next pod created is a recreation
     problem_retries: int = 0
     api_failures: int = 0
     not_before: float = 0.0  # monotonic time before which no pod is created
@@ -125,6 +127,7 @@ class SessionController:
         self._settings = settings
         self._post_event = post_event
         self.sessions: dict[SessionKey, Session] = {}
+        self._finalizing: set[SessionKey] = set()  # until the SipSession is gone from the API
 
     # ---- news from the watches and the status mirror: record it, wake the session ----
 
@@ -161,6 +164,7 @@ class SessionController:
 
     def forget_session(self, body: Mapping[str, Any]) -> None:
         """The SipSession is gone from the API (after its finalizer)."""
+        self._finalizing.discard(_session_key(body))
         session = self.sessions.get(_session_key(body))
         if session is not None and session.ref.uid == body["metadata"].get("uid"):
             self._abandon(session)
@@ -195,6 +199,7 @@ class SessionController:
             session.pod = None
             session.children_ready = False  # re-check token Secret and Service with the new pod
             if uid != session.deleting_pod_uid:
+                session.pod_lost = True
                 session.pod_failures += 1
                 delay = self._settings.backoff(session.pod_failures)
                 session.not_before = time.monotonic() + delay
@@ -228,6 +233,7 @@ class SessionController:
     async def finalize(self, body: Mapping[str, Any]) -> None:
         """Deletes pod, Service and token Secret, and lets the history stream expire."""
         key = _session_key(body)
+        self._finalizing.add(key)
         session = self.sessions.get(key)
         if session is not None and session.ref.uid == body["metadata"].get("uid"):
             await self._stop(session)
@@ -263,6 +269,7 @@ class SessionController:
         replica serves again.
         """
         key = _session_key(body)
+        self._finalizing.discard(key)  # another replica finishes the deletion
         session = self.sessions.get(key)
         if session is None or session.ref.uid != body["metadata"].get("uid"):
             return
@@ -273,6 +280,15 @@ class SessionController:
     async def close(self) -> None:
         await asyncio.gather(*(self._stop(s) for s in list(self.sessions.values())))
         self.sessions.clear()
+        self._finalizing.clear()
+
+    def phases(self) -> list[str | None]:
+        """Each followed session's phase, as last derived; read from the metrics server's
+        thread, hence from copies (copying a dict or set is atomic under the GIL)."""
+        finalizing = set(self._finalizing)
+        sessions = list(self.sessions.values())
+        following = [s.last_phase for s in sessions if s.key not in finalizing]
+        return [*following, *[phase.TERMINATING] * len(finalizing)]
 
     def _abandon(self, session: Session) -> None:
         self.sessions.pop(session.key, None)
@@ -298,13 +314,16 @@ class SessionController:
             session.wake.clear()
             delay: float | None
             try:
-                delay = await self._reconcile(session)
+                with metrics.RECONCILE_DURATION.time():
+                    delay = await self._reconcile(session)
                 session.api_failures = 0
             except KubeError as error:
+                metrics.reconcile_failed(ErrorKind.KUBERNETES_API)
                 session.api_failures += 1
                 delay = self._settings.backoff(session.api_failures)
                 logger.warning("SipSession %s: %s; retrying in %.1fs", session.label, error, delay)
             except Exception:
+                metrics.reconcile_failed(ErrorKind.UNEXPECTED)
                 session.api_failures += 1
                 delay = self._settings.backoff(session.api_failures)
                 logger.exception("SipSession %s: reconciling failed", session.label)
@@ -325,13 +344,14 @@ class SessionController:
         try:
             spec = session.spec()
         except SpecError as error:
+            metrics.reconcile_failed(ErrorKind.SPEC)
             session.problem = f"invalid spec: {error}"
             await self._publish(session, None)
             return None
         if not session.children_ready:
             problem = await self._ensure_children(session.ref)
             if problem:
-                return await self._fail(session, spec, problem)
+                return await self._fail(session, spec, problem, ErrorKind.NAME_CONFLICT)
             session.children_ready = True
         pod = session.pod
         if pod is not None:
@@ -342,12 +362,12 @@ class SessionController:
             return wait
         problem = await self._secret_problem(session.key[0], spec)
         if problem:
-            return await self._fail(session, spec, problem)
+            return await self._fail(session, spec, problem, ErrorKind.SECRET)
         created = await self._create_pod(session, spec)
         if created is None:
             return self._settings.backoff(1)
         if isinstance(created, str):
-            return await self._fail(session, spec, created)
+            return await self._fail(session, spec, created, ErrorKind.NAME_CONFLICT)
         return await self._check_pod(session, spec, created)
 
     async def _check_pod(self, session: Session, spec: SessionSpec, pod: PodState) -> float | None:
@@ -360,6 +380,7 @@ class SessionController:
             await self._kube.delete_pod(namespace, pod.name)
             return None
         if pod.failed:
+            session.pod_lost = True
             session.pod_failures += 1
             delay = self._settings.backoff(session.pod_failures)
             session.not_before = time.monotonic() + delay
@@ -390,7 +411,10 @@ class SessionController:
         await self._publish(session, spec)
         return None
 
-    async def _fail(self, session: Session, spec: SessionSpec, problem: str) -> float:
+    async def _fail(
+        self, session: Session, spec: SessionSpec, problem: str, kind: ErrorKind
+    ) -> float:
+        metrics.reconcile_failed(kind)
         session.problem = problem
         session.problem_retries += 1
         await self._publish(session, spec)
@@ -489,7 +513,11 @@ class SessionController:
                     " delete or rename it"
                 )
             session.pod = phase.pod_state(found, owner, ANNOTATION_SPEC_HASH)
+            session.pod_lost = False  # whoever created it, it was not this pass
             return session.pod
+        if session.pod_lost:
+            metrics.POD_RECREATIONS.inc()
+            session.pod_lost = False
         state = phase.pod_state(created, ref.uid, ANNOTATION_SPEC_HASH)
         if session.pod is None or session.pod.uid != state.uid:  # the watch may be newer
             session.pod = state
@@ -524,8 +552,13 @@ class SessionController:
         self._announce_transitions(session, status, spec)
         if all(previous.get(k) == v for k, v in status.items()):
             return
-        if await self._kube.patch_session_status(ref.namespace, ref.name, status):
-            session.published = status
+        if not await self._kube.patch_session_status(ref.namespace, ref.name, status):
+            return
+        accepted = time.time()
+        session.published = status
+        worker = observation.worker
+        if worker and worker.timestamp and status["lastStatus"] != previous.get("lastStatus"):
+            metrics.observe_mirror_lag(worker.timestamp, accepted)
 
     def _announce_transitions(
         self, session: Session, status: Mapping[str, Any], spec: SessionSpec | None

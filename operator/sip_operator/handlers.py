@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import kopf
 
+from sip_operator import metrics
 from sip_operator.controller import STOP_TIMEOUT, RetentionError, SessionController
 from sip_operator.kube import KubeApi
 from sip_operator.pod_builder import LABEL_MANAGED_BY, MANAGER
@@ -62,6 +63,7 @@ async def start_operator(memo: kopf.Memo, **_: Any) -> None:
     kube = KubeApi()
     mirror = StatusMirror(operator_settings.redis_url, operator_settings.redis_password)
     controller = SessionController(kube, mirror, operator_settings, _post_event, FINALIZER)
+    metrics.watch_sessions(controller.phases)
     memo.kube = kube
     memo.mirror = mirror
     memo.controller = controller

@@ -1,8 +1,9 @@
 """`sip-operator`: runs the kopf operator that turns SipSessions into worker pods.
 
-Where to watch, how to peer and how to log are flags (each also an environment variable); what
-to run is configured by SIP_OPERATOR_* variables (see settings.py). The Kubernetes connection
-comes from the in-cluster service account, else from $KUBECONFIG / ~/.kube/config.
+Where to watch, how to peer, where to serve metrics and how to log are flags (each also an
+environment variable); what to run is configured by SIP_OPERATOR_* variables (see settings.py).
+The Kubernetes connection comes from the in-cluster service account, else from $KUBECONFIG /
+~/.kube/config.
 
 Replicas peer through a kopf peering object: the one with the highest priority serves, the
 others stand by. kopf pauses every operator that sees a live peer of the same priority, so
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import kopf
 
 from sip_operator import handlers  # registers the kopf handlers
+from sip_operator.metrics import serve_metrics
 from sip_operator.settings import ENV_PREFIX, SettingsError, load_settings
 
 LOG_FORMATS = {
@@ -33,6 +35,7 @@ _TRUE = ("1", "true", "yes", "on")
 # lease Kubernetes controllers commonly use. Each replica refreshes every 5-10 s.
 PEERING_LIFETIME_S = 15
 _PEERING_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
 # Random priorities: positive 32-bit integers (never 0, the priority of an operator given none).
 _PRIORITY_LIMIT = 2**31
 
@@ -95,6 +98,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f"[env {ENV_PREFIX}LIVENESS]",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        metavar="PORT",
+        default=env("METRICS_PORT") or "0",
+        help="serve the operator's Prometheus metrics on /metrics at this port, on every "
+        f"interface (default 0: off) [env {ENV_PREFIX}METRICS_PORT]",
+    )
+    parser.add_argument(
         "--log-format",
         choices=sorted(LOG_FORMATS),
         default=env("LOG_FORMAT") or "full",
@@ -104,6 +115,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     verbosity.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     verbosity.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     return parser
+
+
+def _metrics_port(text: str) -> int:
+    """A port number 0-65535 (argparse also applies this to the environment's value)."""
+    if not _PORT.fullmatch(text.strip()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number 0-65535 (0: off; also read from env "
+            f"{ENV_PREFIX}METRICS_PORT)"
+        )
+    return int(text)
 
 
 def _is_pattern(namespace: str) -> bool:
@@ -156,6 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sip-operator: {error}", file=sys.stderr)
         return 2
+    if args.metrics_port:
+        try:
+            serve_metrics(args.metrics_port)
+        except OSError as error:
+            print(
+                f"sip-operator: cannot serve metrics on port {args.metrics_port}: {error}",
+                file=sys.stderr,
+            )
+            return 1
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
     if not args.verbose:
         # kopf logs every handled watch event at INFO; the controller logs what changed.

@@ -18,6 +18,8 @@ READY = "Ready"
 IN_CALL = "InCall"
 FAILED = "Failed"
 TERMINATING = "Terminating"
+# Every phase the operator publishes (the CRD's enum of status.phase).
+PHASES = (PENDING, STARTING, READY, IN_CALL, FAILED, TERMINATING)
 
 
 @dataclass(frozen=True)

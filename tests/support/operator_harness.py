@@ -199,16 +199,26 @@ class OperatorProcess:
 
 
 def sip_status_entry(
-    status_type: str, seq: int, callee_id: str = "", description: str = ""
+    status_type: str,
+    seq: int,
+    callee_id: str = "",
+    description: str = "",
+    timestamp: float | None = None,
 ) -> dict[str, Any]:
-    """A stream entry exactly as workers write it: serialized SipStatus, type name, seq."""
+    """A stream entry exactly as workers write it: serialized SipStatus, type name, seq.
+
+    Its timestamp is `timestamp` (seconds since the epoch), else now.
+    """
     status = sip_pb2.SipStatus(
         account_name="alice@pbx.example.com",
         status_type=sip_pb2.SipStatus.StatusType.Value(status_type),
         callee_id=callee_id,
         description=description,
     )
-    status.timestamp.GetCurrentTime()
+    if timestamp is None:
+        status.timestamp.GetCurrentTime()
+    else:
+        status.timestamp.FromNanoseconds(round(timestamp * 1e9))
     return {"status": status.SerializeToString(), "type": status_type, "seq": seq}
 
 
