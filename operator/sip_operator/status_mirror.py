@@ -14,9 +14,9 @@ different hash slots (CROSSSLOT); the streams lie in `SHARDS` (16) slots, one pe
 there it takes one reader per shard in use, each connected to the primary serving that shard.
 Everything else (loading, EXPIRE, CLIENT UNBLOCK, the legacy polls) goes through one command
 client running at most `COMMAND_CONNECTIONS` (2) commands at once: at most 2 connections to a
-server, or to each primary of a cluster (its pool is capped at that per node). So at most 3
-connections to one server, and 16 + 2 per primary to a cluster. All of them are named
-`CLIENT_NAME` (see CLIENT LIST).
+server, or to each primary of a cluster (its pool is capped at that per node), where redis-py's
+discovery (CLUSTER SLOTS) keeps one more per node. So at most 3 connections to one server, and
+16 + 3 per node to a cluster. All of them are named `CLIENT_NAME` (see CLIENT LIST).
 
 Streams of earlier versions (sip_contract.status.legacy_stream_key) keep being followed while a
 worker of such a version may still write them: as long as a followed session's legacy stream
