@@ -2,19 +2,23 @@
 helpers agree with the table."""
 
 import pytest
+from redis.crc import key_slot
 
 from ondewo.sip.sip_pb2 import SipStatus
 from sip_contract.status import (
     MEANINGS,
+    SHARDS,
     CallStep,
     Direction,
     Meaning,
     SessionState,
     StatusType,
     call_status_type,
+    legacy_stream_key,
     meaning,
     meaning_of_name,
     session_key,
+    shard,
     stream_key,
 )
 
@@ -77,6 +81,35 @@ def test_a_call_is_on_until_it_ends() -> None:
             assert m.session is SessionState.READY
 
 
-def test_stream_key() -> None:
+def test_stream_keys() -> None:
     assert session_key("ns", "a") == "ns/a"
-    assert stream_key(session_key("ns", "a")) == "sip:{ns/a}:history"
+    assert stream_key(session_key("ns", "a")) == "sip:history:{06}:ns/a"
+    assert legacy_stream_key(session_key("ns", "a")) == "sip:{ns/a}:history"
+
+
+def test_the_shard_of_a_session_never_changes() -> None:
+    # Fixed values: another function (or SHARDS) would move every stream of a running system.
+    assert SHARDS == 16
+    assert [shard(key) for key in ("ns/a", "calls/alice", "local", "calls/s0")] == [6, 0, 8, 11]
+
+
+# Sessions spread over every shard, plus keys holding braces of their own.
+SESSIONS = [f"team-{n}/session" for n in range(200)] + ["x{y}z", "{}", "a}b{c", "ns/{1}"]
+
+
+def test_every_shard_is_used_and_every_stream_is_in_its_shards_slot() -> None:
+    assert {shard(session) for session in SESSIONS} == set(range(SHARDS))
+    for session in SESSIONS:
+        # The hash tag is the shard alone: the slot is the one of the bare shard tag.
+        assert key_slot(stream_key(session).encode()) == key_slot(
+            f"{{{shard(session):02d}}}".encode()
+        )
+    slots = {key_slot(stream_key(session).encode()) for session in SESSIONS}
+    assert len(slots) == SHARDS
+
+
+def test_no_stream_key_is_a_legacy_key() -> None:
+    # Legacy keys all begin "sip:{": the migration can never delete another session's stream.
+    for session in SESSIONS:
+        assert legacy_stream_key(session).startswith("sip:{")
+        assert not stream_key(session).startswith("sip:{")

@@ -1,16 +1,29 @@
 """Follows every session's history stream in Redis with blocking XREADs, not a poller each.
 
-Workers append each SipStatus to the session's stream `sip:{<namespace>/<name>}:history`
+Workers append each SipStatus to the session's stream `sip:history:{<shard>}:<namespace>/<name>`
 (sip_contract.status.stream_key), with fields `status`: the serialized ondewo.sip.SipStatus,
 `type`: its type name, `seq`. A reader connection blocks in `XREAD BLOCK ... STREAMS <its
 streams>`; when a stream joins it, `CLIENT UNBLOCK` wakes it (and the bounded block time wakes it
-anyway), so a new session is followed at once. The newest entry of each stream that moved is
-handed to a callback. Streams of deleted sessions get their retention set with EXPIRE.
+anyway), so a new session is followed at once. A followed stream's newest entry is handed to a
+callback, then every later entry, in order, each once. Streams of deleted sessions get their
+retention set with EXPIRE.
 
-On one Redis server, ONE reader follows every stream. A Redis Cluster (`?cluster=true` in the
-URL) refuses a command whose keys lie in different hash slots, on any node (CROSSSLOT), and
-each stream's hash tag is its own session: there it takes one reader per slot in use, each
-connected to the primary serving that slot.
+Connections, whatever the number of sessions: on one Redis server ONE reader follows every
+stream. A Redis Cluster (`?cluster=true` in the URL) refuses a command whose keys lie in
+different hash slots (CROSSSLOT); the streams lie in `SHARDS` (16) slots, one per shard, so
+there it takes one reader per shard in use, each connected to the primary serving that shard.
+Everything else (loading, EXPIRE, CLIENT UNBLOCK, the legacy polls) goes through one command
+client running at most `COMMAND_CONNECTIONS` (2) commands at once: at most 2 connections to a
+server, or to each primary of a cluster (its pool is capped at that per node), where redis-py's
+discovery (CLUSTER SLOTS) keeps one more per node. So at most 3 connections to one server, and
+16 + 3 per node to a cluster. All of them are named `CLIENT_NAME` (see CLIENT LIST).
+
+Streams of earlier versions (sip_contract.status.legacy_stream_key) keep being followed while a
+worker of such a version may still write them: as long as a followed session's legacy stream
+exists, or its sharded one does not yet, it is polled every `legacy_poll_seconds` through the
+command client. The new worker moves the legacy entries to the sharded stream with their ids
+(sip_worker.legacy_history) and deletes the legacy one; a session's entries from either stream
+are delivered only with ids above the last one delivered, so none twice and none out of order.
 """
 
 import asyncio
@@ -27,7 +40,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from ondewo.sip import sip_pb2
-from sip_contract.status import session_key, stream_key
+from sip_contract.status import legacy_stream_key, session_key, stream_key
 from sip_operator.phase import WorkerStatus
 from sip_worker.redis_connection import PASSWORD_ENV, parse_redis_url
 
@@ -38,13 +51,25 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 StatusCallback = Callable[[SessionKey, WorkerStatus], None]
 Group = int | None  # the hash slot of a group of streams under a cluster; None: one server
 
-_ENTRIES_PER_STREAM = 64  # only the newest matters; a cap keeps one reply small
+CLIENT_NAME = "sip-operator-status-mirror"
+COMMAND_CONNECTIONS = 2
+_ENTRIES_PER_STREAM = 64  # a cap keeps one reply small; the next read goes on from there
 _COMMAND_TIMEOUT = 30.0
+_NO_ENTRY = b"0-0"
 
 
 def _stream(session: SessionKey) -> str:
-    """The worker's history stream of the session (one cluster slot: see sip_contract)."""
+    """The worker's history stream of the session (its shard's cluster slot: sip_contract)."""
     return stream_key(session_key(*session))
+
+
+def _legacy_stream(session: SessionKey) -> str:
+    return legacy_stream_key(session_key(*session))
+
+
+def _entry_id(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> WorkerStatus:
@@ -112,31 +137,40 @@ class StatusMirror:
         password: str | None,
         block_seconds: float = 5.0,
         retry_seconds: float = 1.0,
+        legacy_poll_seconds: float = 1.0,
     ) -> None:
         """`redis_url` as the worker accepts it (RedisUrlError if not); `password` its password."""
         self._target = parse_redis_url(redis_url, {PASSWORD_ENV: password} if password else {})
         self._on_status: StatusCallback = lambda session, status: None
         self._block_ms = int(block_seconds * 1000)
         self._retry_seconds = retry_seconds
+        self._legacy_poll_seconds = legacy_poll_seconds
         self._cluster: redis.asyncio.cluster.RedisCluster | None = None
         self._server: redis.asyncio.Redis | None = None
-        # The client for everything but the blocking reads.
+        # The client for everything but the blocking reads. Every use holds one of the
+        # `_command_slots`, and each use takes at most one connection (per node), so the pool
+        # never grows past COMMAND_CONNECTIONS; its cap turns a use that does not into an error.
+        self._command_slots = asyncio.Semaphore(COMMAND_CONNECTIONS)
         self._commands: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+        options = dict(
+            self._target.options,
+            socket_timeout=_COMMAND_TIMEOUT,
+            client_name=CLIENT_NAME,
+            max_connections=COMMAND_CONNECTIONS,
+        )
         if self._target.cluster:
-            self._cluster = redis.asyncio.cluster.RedisCluster(
-                **self._target.options, socket_timeout=_COMMAND_TIMEOUT
-            )
+            self._cluster = redis.asyncio.cluster.RedisCluster(**options)
             self._commands = self._cluster
         else:
-            self._server = redis.asyncio.Redis(
-                **self._target.options, socket_timeout=_COMMAND_TIMEOUT
-            )
+            self._server = redis.asyncio.Redis(**options)
             self._commands = self._server
         self._last_ids: dict[SessionKey, bytes] = {}  # followed sessions -> last entry seen
         self._unloaded: set[SessionKey] = set()  # followed, newest entry not read yet
+        self._legacy: set[SessionKey] = set()  # loaded, their legacy streams polled
         self._members: dict[Group, set[SessionKey]] = {}  # loaded sessions by reader group
         self._readers: dict[Group, _Reader] = {}
         self._reading: dict[Group, asyncio.Task[None]] = {}
+        self._polling: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._failures = 0
 
@@ -150,6 +184,7 @@ class StatusMirror:
     def unfollow(self, session: SessionKey) -> None:
         """Stops mirroring; its reader drops the stream from its next XREAD."""
         self._unloaded.discard(session)
+        self._legacy.discard(session)
         if self._last_ids.pop(session, None) is not None:
             self._members.get(self._group(session), set()).discard(session)
 
@@ -159,12 +194,17 @@ class StatusMirror:
 
     @property
     def readers(self) -> int:
-        """Connections blocking in XREAD: one, or one per hash slot in use under a cluster."""
+        """Connections blocking in XREAD: one, or under a cluster one per shard in use."""
         return len(self._reading)
 
     async def expire(self, session: SessionKey, seconds: int) -> bool:
-        """Lets the stream expire `seconds` from now; False if it does not exist."""
-        return bool(await self._commands.expire(_stream(session), seconds))
+        """Lets the stream, and any legacy one, expire `seconds` from now; False if neither
+        exists."""
+        async with self._command_slots, self._commands.pipeline(transaction=False) as pipe:
+            pipe.expire(_stream(session), seconds)
+            pipe.expire(_legacy_stream(session), seconds)
+            replies = await pipe.execute()
+        return any(replies)
 
     async def close(self) -> None:
         await self._stop_readers()
@@ -190,6 +230,7 @@ class StatusMirror:
                     await self._stop_readers()
                     self._unloaded.update(self._last_ids)  # re-read the newest after the outage
                     self._members.clear()
+                    self._legacy.clear()
                     if self._failures == 1 or self._failures % 30 == 0:
                         logger.warning("Redis status streams unreadable (%s); retrying", error)
                     await asyncio.sleep(self._retry_seconds)
@@ -202,7 +243,8 @@ class StatusMirror:
             self._failures = 0
 
     async def _supervise(self) -> None:
-        """Loads newly followed streams and keeps one reader per group; raises what they raise."""
+        """Loads newly followed streams, keeps one reader per group and the legacy poller;
+        raises what they raise."""
         while True:
             self._changed.clear()
             joined: set[Group] = set()
@@ -210,13 +252,22 @@ class StatusMirror:
                 joined = await self._load_newest()
                 self._reachable()
             await self._start_readers(joined)
+            if self._legacy and self._polling is None:
+                self._polling = asyncio.get_running_loop().create_task(
+                    self._poll_legacy(), name="legacy status streams"
+                )
             changed = asyncio.get_running_loop().create_task(self._changed.wait())
+            polling = {self._polling} if self._polling is not None else set()
             try:
                 done, _ = await asyncio.wait(
-                    {changed, *self._reading.values()}, return_when=asyncio.FIRST_COMPLETED
+                    {changed, *polling, *self._reading.values()},
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 changed.cancel()
+            if self._polling in done:
+                task, self._polling = self._polling, None
+                task.result()
             for group, task in list(self._reading.items()):
                 if task in done:
                     del self._reading[group]
@@ -237,34 +288,32 @@ class StatusMirror:
                 )
 
     async def _new_reader(self, group: Group) -> _Reader:
-        socket_timeout = self._block_ms / 1000 + _COMMAND_TIMEOUT
+        options: dict[str, Any] = dict(
+            self._target.options,
+            single_connection_client=True,
+            socket_timeout=self._block_ms / 1000 + _COMMAND_TIMEOUT,
+            client_name=CLIENT_NAME,
+        )
         if self._cluster is None or group is None:
             assert self._server is not None
             server = self._server
-            return _Reader(
-                redis.asyncio.Redis(
-                    **self._target.options,
-                    single_connection_client=True,
-                    socket_timeout=socket_timeout,
-                ),
-                server.client_unblock,
-            )
+
+            async def unblock_on_server(client_id: int) -> Any:
+                async with self._command_slots:
+                    return await server.client_unblock(client_id)
+
+            return _Reader(redis.asyncio.Redis(**options), unblock_on_server)
         cluster = self._cluster
-        await cluster.initialize()
+        async with self._command_slots:
+            await cluster.initialize()
         node = cluster.nodes_manager.get_node_from_slot(group)
-        options = {k: v for k, v in self._target.options.items() if k not in ("host", "port")}
-        client = redis.asyncio.Redis(
-            host=node.host,
-            port=int(node.port),
-            **options,
-            single_connection_client=True,
-            socket_timeout=socket_timeout,
-        )
+        options.update(host=node.host, port=int(node.port))
 
-        def unblock(client_id: int) -> Awaitable[Any]:
-            return cluster.client_unblock(client_id, target_nodes=node)
+        async def unblock_on_node(client_id: int) -> Any:
+            async with self._command_slots:
+                return await cluster.client_unblock(client_id, target_nodes=node)
 
-        return _Reader(client, unblock)
+        return _Reader(redis.asyncio.Redis(**options), unblock_on_node)
 
     async def _read(self, group: Group, reader: _Reader) -> None:
         """Reads the group's streams until it has none left (or Redis fails)."""
@@ -275,14 +324,48 @@ class StatusMirror:
             self._reachable()
             for name, entries in cast(list[tuple[bytes, list[Entry]]], reply):
                 session = sessions.get(name.decode())
-                if session is None or session not in self._last_ids or not entries:
-                    continue
-                entry_id, fields = entries[-1]
-                self._last_ids[session] = entry_id
-                self._on_status(session, parse_entry(fields))
+                if session is not None:
+                    self._deliver(session, entries)
         self._members.pop(group, None)
 
+    def _deliver(self, session: SessionKey, entries: list[Entry]) -> None:
+        """Hands on the entries newer than the last one delivered (the stream they come from, and
+        a read that started before another one delivered them, do not matter)."""
+        for entry_id, fields in entries:
+            last = self._last_ids.get(session)
+            if last is None:
+                return  # unfollowed
+            if _entry_id(entry_id) > _entry_id(last):
+                self._last_ids[session] = entry_id
+                self._on_status(session, parse_entry(fields))
+
+    async def _poll_legacy(self) -> None:
+        """Reads the legacy streams of the sessions in `_legacy` until none is left there."""
+        while self._legacy:
+            await asyncio.sleep(self._legacy_poll_seconds)
+            batch = [session for session in self._legacy if session in self._last_ids]
+            async with self._command_slots, self._commands.pipeline(transaction=False) as pipe:
+                for session in batch:
+                    legacy = _legacy_stream(session)
+                    after = b"(" + self._last_ids[session]
+                    pipe.xrange(legacy, after, "+", count=_ENTRIES_PER_STREAM)
+                    pipe.exists(legacy)
+                    pipe.exists(_stream(session))
+                replies = await pipe.execute()
+            self._reachable()
+            for index, session in enumerate(batch):
+                if session not in self._legacy:
+                    continue  # unfollowed meanwhile
+                entries, legacy_exists, exists = replies[3 * index : 3 * index + 3]
+                self._deliver(session, cast(list[Entry], entries))
+                if not legacy_exists and exists:
+                    self._legacy.discard(session)  # moved: its worker writes the new one now
+
     async def _stop_readers(self) -> None:
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
+            self._polling = None
         tasks = list(self._reading.values())
         for task in tasks:
             task.cancel()
@@ -294,25 +377,31 @@ class StatusMirror:
         self._readers.clear()
 
     async def _load_newest(self) -> set[Group]:
-        """For newly followed streams: drop any expiry, read the newest entry; their groups."""
+        """For newly followed streams: drop any expiry, read the newest entry of the stream and
+        of any legacy one; their groups."""
         batch = list(self._unloaded)
         joined: set[Group] = set()
-        async with self._commands.pipeline(transaction=False) as pipe:
+        async with self._command_slots, self._commands.pipeline(transaction=False) as pipe:
             for session in batch:
-                pipe.persist(_stream(session))
-                pipe.xrevrange(_stream(session), count=1)
+                for key in (_stream(session), _legacy_stream(session)):
+                    pipe.persist(key)
+                    pipe.xrevrange(key, count=1)
             replies = await pipe.execute()
         for index, session in enumerate(batch):
             if session not in self._unloaded:
                 continue  # unfollowed meanwhile
             self._unloaded.discard(session)
-            newest = cast(list[Entry], replies[2 * index + 1])
-            if newest:
-                entry_id, fields = newest[0]
+            newest = cast(list[Entry], replies[4 * index + 1])
+            legacy_newest = cast(list[Entry], replies[4 * index + 3])
+            if legacy_newest or not newest:
+                self._legacy.add(session)  # an earlier version's worker may write it
+            candidates = [*newest, *legacy_newest]
+            if candidates:
+                entry_id, fields = max(candidates, key=lambda entry: _entry_id(entry[0]))
                 self._last_ids[session] = entry_id
                 self._on_status(session, parse_entry(fields))
             else:
-                self._last_ids[session] = b"0-0"
+                self._last_ids[session] = _NO_ENTRY
             group = self._group(session)
             self._members.setdefault(group, set()).add(session)
             joined.add(group)

@@ -3,13 +3,16 @@
 Workers append every SipStatus of a session to one Redis stream; the operator follows it to
 derive the SipSession's phase; metrics and tests read the same types. This module is the one
 place that says
-- the stream's key (`stream_key`), whose braces are a Redis Cluster hash tag, so a session's
-  stream always lives in one slot;
+- the stream's key (`stream_key`): `sip:history:{<shard>}:<session>`, where the shard (00 to 15)
+  is a stable hash of the session key and the braces are a Redis Cluster hash tag, so all
+  streams lie in `SHARDS` slots and one XREAD per shard follows any number of sessions; and the
+  key of versions before the shards (`legacy_stream_key`), which workers migrate at start;
 - for every `SipStatus.StatusType`: the session state it leaves (no session, registered,
   ready), whether it belongs to a call, the call's step and direction, and whether it ends the
   call (`MEANINGS`; a test fails when a type is missing).
 """
 
+import binascii
 import enum
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -24,8 +27,26 @@ def session_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+# Part of the contract: changing it (or `shard`) moves every stream.
+SHARDS = 16
+
+
+def shard(session: str) -> int:
+    """The shard of the session with key `session`: CRC-32 of its UTF-8 bytes modulo SHARDS,
+    the same in every process and version (unlike hash())."""
+    return binascii.crc32(session.encode()) % SHARDS
+
+
 def stream_key(session: str) -> str:
-    """The Redis stream holding the history of the session with key `session`."""
+    """The Redis stream holding the history of the session with key `session`.
+
+    The shard's braces come first, so they are the hash tag whatever the session key holds;
+    the `history:` prefix keeps it distinct from every legacy key (`sip:{...`)."""
+    return f"sip:history:{{{shard(session):02d}}}:{session}"
+
+
+def legacy_stream_key(session: str) -> str:
+    """The stream of the session in versions before the shards (one hash slot per session)."""
     return f"sip:{{{session}}}:history"
 
 

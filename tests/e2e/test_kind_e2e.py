@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import empty_pb2
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
+from sip_contract.status import session_key, stream_key
 from tests.e2e.kind import (
     IMAGE_TAG,
     MANIFESTS,
@@ -42,7 +43,7 @@ SESSION = "e2e"
 ACCOUNT_SECRET = "e2e-sip-account"
 CALLEE = f"callee@sipp-peer.{NAMESPACE}.svc.cluster.local:5062"
 REDIS_POD = f"{RELEASE}-redis-0"
-STREAM = f"sip:{{{NAMESPACE}/{SESSION}}}:history"
+STREAM = stream_key(session_key(NAMESPACE, SESSION))
 Type = sip_pb2.SipStatus.StatusType
 
 

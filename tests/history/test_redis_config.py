@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import stream_key
 from sip_worker.redis_connection import RedisUrlError, parse_redis_url, redact_url
 from sip_worker.redis_history import HistoryConfigError, open_history
 from tests.support.redis_server import RedisServer, free_port
@@ -184,7 +185,7 @@ def test_the_password_from_the_url_works(password_server: RedisServer) -> None:
 
 
 def test_a_key_that_is_not_a_stream_is_refused(redis_server: RedisServer) -> None:
-    redis_server.client().set("sip:{alice}:history", "something else")
+    redis_server.client().set(stream_key("alice"), "something else")
     with pytest.raises(HistoryConfigError, match="exists but is not a stream"):
         open_history(redis_server.url, "alice", environ={})
 
@@ -206,7 +207,7 @@ def test_a_unix_socket_url_works(tmp_path: Path) -> None:
     server.start()
     try:
         appended_and_read_back(f"unix://{socket_path}?db=0", {})
-        assert server.client().xlen("sip:{alice}:history") == 1
+        assert server.client().xlen(stream_key("alice")) == 1
     finally:
         server.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)
@@ -261,7 +262,7 @@ def test_a_rediss_url_talks_tls_and_checks_the_certificate(
     server, tls_port = tls_server
     ca = certificates / "ca.crt"
     appended_and_read_back(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}", {})
-    assert server.client().xlen("sip:{alice}:history") == 1
+    assert server.client().xlen(stream_key("alice")) == 1
 
     # Without the CA the server's certificate is not trusted: refused, not used blindly.
     with pytest.raises(HistoryConfigError, match="cannot reach Redis"):

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import stream_key
 from sip_worker.redis_history import RedisHistory, open_history
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import ReplyLosingProxy
 
-KEY = "sip:{ns/session-1}:history"
+KEY = stream_key("ns/session-1")
 WAIT = 30.0  # generous: the machine is shared
 
 
@@ -300,4 +301,4 @@ def test_close_with_redis_down_gives_up_after_its_timeout(
     history.close(timeout=1.0)
     # Bounded: the timeout plus at most one connection attempt's own timeout.
     assert time.monotonic() - started < 10.0
-    assert "1 statuses of sip:{ns/session-1}:history could not be written" in caplog.text
+    assert f"1 statuses of {KEY} could not be written" in caplog.text

@@ -1,5 +1,6 @@
 """The history through real sip-worker processes on real SIP calls: SIGKILL and restart (also in
-the middle of a call), Redis stopped in the middle of a call, bad Redis configuration."""
+the middle of a call), Redis stopped in the middle of a call, a legacy stream moved at start,
+bad Redis configuration."""
 
 import re
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip import sip_pb2
-from sip_contract.status import stream_key
+from sip_contract.status import legacy_stream_key, stream_key
 from tests.support.redis_server import RedisServer
 from tests.support.sipp import Sipp, free_tcp_port
 from tests.support.worker_cli import run_sip_worker
@@ -135,6 +136,36 @@ def test_history_and_status_survive_a_sigkill_in_the_middle_of_a_call(harness: H
     restarted = kill_and_restart(harness, worker)
     assert restarted.history() == before
     assert restarted.status() == before[-1]
+
+
+def test_a_worker_moves_the_legacy_stream_and_continues_the_history(harness: Harness) -> None:
+    redis = harness.redis_server.client()
+    Type = sip_pb2.SipStatus.StatusType
+    old = [
+        sip_pb2.SipStatus(status_type=Type.Value(name), callee_id="bob")
+        for name in ("registered", "ready", "outgoing_call_initiated", "outgoing_call_failed")
+    ]
+    for seq, status in enumerate(old, start=1):  # as a worker of the previous version wrote it
+        redis.xadd(
+            legacy_stream_key(SESSION),
+            {
+                "type": Type.Name(status.status_type),
+                "seq": seq,
+                "status": status.SerializeToString(),
+            },
+            id=f"{seq}-0",
+        )
+
+    worker = harness.worker()
+    assert worker.history() == old
+    assert redis.exists(legacy_stream_key(SESSION)) == 0
+    harness.session(worker)
+    history = harness.wait_until_stored(worker)
+    assert history[:4] == old
+    assert [Type.Name(s.status_type) for s in history[4:]] == ["registered", "ready"]
+    ids = [entry_id for entry_id, _fields in redis.xrange(stream_key(SESSION))]
+    assert ids == [f"{n}-0".encode() for n in range(1, 7)]
+    assert "4 entries moved from" in worker.log()
 
 
 def buffer_depth(metrics_port: int) -> float:

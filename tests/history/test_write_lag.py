@@ -9,12 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import stream_key
 from sip_worker.redis_history import RedisHistory, open_history
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import ReplyLosingProxy
 
 SESSION = "ns/lag"
-KEY = "sip:{ns/lag}:history"
+KEY = stream_key(SESSION)
 WAIT = 30.0  # generous: the machine is shared
 
 

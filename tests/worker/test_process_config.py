@@ -11,6 +11,7 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
+from sip_contract.status import stream_key
 from tests.support import worker_probes
 from tests.support.redis_server import RedisServer
 from tests.support.sipp import PHONE_RTP_PORTS, Sipp, free_media_ports, free_tcp_port, free_udp_port
@@ -184,7 +185,7 @@ def test_env_vars_configure_the_worker_as_the_flags_do(
             assert status.account_name == account_of(registrar)
         samples = worker_probes.scrape(metrics_port)
         assert worker_probes.sample(samples, "sip_worker_registered") == 1
-        assert redis_server.client().exists("sip:{env-session}:history") == 1
+        assert redis_server.client().exists(stream_key("env-session")) == 1
     finally:
         process.terminate()
         process.wait(timeout=30)

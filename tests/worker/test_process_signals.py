@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ondewo.sip import sip_pb2
+from sip_contract.status import stream_key
 from tests.support import worker_probes
 from tests.support.redis_server import RedisServer
 from tests.support.sipp import Sipp
@@ -31,7 +32,7 @@ def _silence_wav(seconds: float, rate: int = 8000) -> bytes:
 
 def _stored_types(redis_server: RedisServer, worker: WorkerProcess) -> list[str]:
     """The status types in the worker's Redis stream: what survives the process."""
-    key = f"sip:{{test-{worker.grpc_port}}}:history"
+    key = stream_key(f"test-{worker.grpc_port}")
     entries = redis_server.client().xrange(key)
     return [
         sip_pb2.SipStatus.StatusType.Name(

@@ -1,7 +1,9 @@
 """The status history of one session, kept durably in a Redis stream.
 
-One stream per session, key `sip:{<session-key>}:history` (the braces are a Redis Cluster
-hash tag). Entry ids are `<seq>-0`, and each entry has the fields
+One stream per session, key `sip:history:{<shard>}:<session-key>` (sip_contract.status: the
+braces, a Redis Cluster hash tag, hold one of 16 shards). At start a legacy stream
+`sip:{<session-key>}:history` is moved there first (sip_worker.legacy_history). Entry ids are
+`<seq>-0`, and each entry has the fields
     type        the status type's name (`outgoing_call_connected`), for `redis-cli XRANGE`
     seq         the per-session sequence number: 1, 2, 3, ... across restarts
     status      the serialized SipStatus
@@ -40,6 +42,7 @@ calls it with the lags in seconds, oldest first, once per status written, before
 `wait_durable`. It runs on the writer thread, so it must be quick.
 """
 
+import contextlib
 import logging
 import os
 import queue
@@ -47,7 +50,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any, NamedTuple, cast
 
@@ -55,7 +58,8 @@ import redis
 from google.protobuf.message import DecodeError
 
 from ondewo.sip.sip_pb2 import SipStatus
-from sip_contract.status import stream_key
+from sip_contract.status import legacy_stream_key, stream_key
+from sip_worker.legacy_history import migrate_legacy_stream
 from sip_worker.redis_connection import (
     PASSWORD_ENV,
     RedisClient,
@@ -412,6 +416,8 @@ def open_history(
     client = _connect(target, startup_timeout)
     key = stream_key(session_key)
     try:
+        with _refusals(target, f"{legacy_stream_key(session_key)} or {key}"):
+            migrate_legacy_stream(client, session_key, key, max_len)
         loaded, newest_seq = _load(client, target, key)
         _load_script(client, target)
     except BaseException:
@@ -464,22 +470,11 @@ def _load(client: RedisClient, target: RedisTarget, key: str) -> tuple[list[SipS
     skipped = 0
     start = "-"
     while True:
-        try:
+        with _refusals(target, key):
             page = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
                 client.xrange(key, start, "+", count=_LOAD_PAGE),
             )
-        except redis.exceptions.MovedError:
-            raise HistoryConfigError(
-                f"Redis at {target.display} is part of a Redis Cluster: "
-                "add ?cluster=true to the URL"
-            ) from None
-        except redis.ResponseError as error:
-            raise HistoryConfigError(_load_problem(target, key, str(error))) from None
-        except redis.RedisError as error:
-            raise HistoryConfigError(
-                f"reading {key} from Redis at {target.display} failed: {target.scrub(str(error))}"
-            ) from None
         for _entry_id, fields in page:
             seq = fields.get(b"seq", b"")
             if seq.isdigit():
@@ -497,6 +492,23 @@ def _load(client: RedisClient, target: RedisTarget, key: str) -> tuple[list[SipS
     if skipped:
         log.warning("%s: %d entries without a readable status were skipped", key, skipped)
     return statuses, newest_seq
+
+
+@contextlib.contextmanager
+def _refusals(target: RedisTarget, key: str) -> Iterator[None]:
+    """Turns what Redis raises while `key` is read into a HistoryConfigError saying why."""
+    try:
+        yield
+    except redis.exceptions.MovedError:
+        raise HistoryConfigError(
+            f"Redis at {target.display} is part of a Redis Cluster: add ?cluster=true to the URL"
+        ) from None
+    except redis.ResponseError as error:
+        raise HistoryConfigError(_load_problem(target, key, str(error))) from None
+    except redis.RedisError as error:
+        raise HistoryConfigError(
+            f"reading {key} from Redis at {target.display} failed: {target.scrub(str(error))}"
+        ) from None
 
 
 def _load_script(client: RedisClient, target: RedisTarget) -> None:
