@@ -190,6 +190,8 @@ def _worker_env(
         env.append(_env("SIP_WORKER_AUTH_USERNAME", spec.auth_username))
     if spec.outbound_proxy:
         env.append(_env("SIP_WORKER_OUTBOUND_PROXY", spec.outbound_proxy))
+    if not spec.register:
+        env.append(_env("SIP_WORKER_NO_REGISTER", "true"))
     if settings.redis_password_secret:
         ref = settings.redis_password_secret
         env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))

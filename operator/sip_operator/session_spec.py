@@ -22,10 +22,14 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DEFAULT_AUTO_ANSWER_INTERVAL = 1
 DEFAULT_START_SESSION = True
+DEFAULT_REGISTER = True
 DEFAULT_TRANSPORT = "udp"
 DEFAULT_HISTORY_MAX_LENGTH = 10000
 DEFAULT_RETAIN_AFTER_DELETION = "168h"
 TRANSPORTS = ("udp", "tcp")
+# Fields added after the first release, with their defaults: at the default they leave the
+# fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
+_LATER_FIELDS = {"register": DEFAULT_REGISTER}
 
 _DURATION = re.compile(r"^(?:[0-9]+[smhd])+$")
 _DURATION_PART = re.compile(r"([0-9]+)([smhd])")
@@ -51,6 +55,7 @@ class SessionSpec:
     password_ref: SecretKeyRef
     auth_username: str | None = None
     outbound_proxy: str | None = None
+    register: bool = DEFAULT_REGISTER
     auto_answer_interval: int = DEFAULT_AUTO_ANSWER_INTERVAL
     start_session: bool = DEFAULT_START_SESSION
     transport: str = DEFAULT_TRANSPORT
@@ -69,6 +74,9 @@ class SessionSpec:
         """Changes exactly when the worker pod has to be replaced (retention does not count)."""
         fields = asdict(self)
         del fields["retain_after_deletion"]
+        for name, default in _LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -131,6 +139,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         password_ref=password_ref,
         auth_username=_string(account, "authUsername", "spec.account"),
         outbound_proxy=_string(account, "outboundProxy", "spec.account"),
+        register=_boolean(account, "register", "spec.account", DEFAULT_REGISTER),
         auto_answer_interval=_integer(
             spec, "autoAnswerInterval", "spec", DEFAULT_AUTO_ANSWER_INTERVAL, 0
         ),

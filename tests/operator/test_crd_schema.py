@@ -150,6 +150,7 @@ BAD_SPECS = {
     "autoAnswerInterval as text": _bad(lambda s: s.update(autoAnswerInterval="3")),
     "transport sctp": _bad(lambda s: s.update(transport="sctp")),
     "startSession as text": _bad(lambda s: s.update(startSession="yes")),
+    "register as text": _bad(lambda s: s["account"].update(register="false")),
     "authUsername with CRLF": _bad(lambda s: s["account"].update(authUsername="a\r\nb")),
     "outboundProxy not a SIP URI": _bad(
         lambda s: s["account"].update(outboundProxy="proxy.example.com")
@@ -179,3 +180,18 @@ def test_a_spec_without_the_schema_still_fails_clearly_in_the_operator() -> None
         parse_spec(BAD_SPECS["retention not a duration"])
     with pytest.raises(SpecError, match="autoAnswerInterval"):
         parse_spec(BAD_SPECS["negative autoAnswerInterval"])
+    with pytest.raises(SpecError, match=r"spec\.account\.register must be true or false"):
+        parse_spec(BAD_SPECS["register as text"])
+
+
+def test_register_defaults_to_true_and_leaves_existing_pods_alone() -> None:
+    minimal = yaml.safe_load((REPO / "examples/sipsession-minimal.yaml").read_text())["spec"]
+    spec = parse_spec(minimal)
+    assert spec.register is True
+    # The fingerprint this spec had before `register` existed: a different one would replace
+    # every existing session's pod on an operator upgrade.
+    assert spec.fingerprint == "6bd83af1f4065011"
+    defaulted = parse_spec(with_defaults(SCHEMA, session(copy.deepcopy(minimal)))["spec"])
+    assert defaulted.fingerprint == spec.fingerprint
+    minimal["account"]["register"] = False
+    assert parse_spec(minimal).fingerprint != spec.fingerprint

@@ -70,6 +70,7 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
     assert literal["SIP_WORKER_SIP_TRANSPORT"] == "tcp"
     assert literal["SIP_WORKER_AUTH_USERNAME"] == "support-digest"
     assert literal["SIP_WORKER_OUTBOUND_PROXY"] == "sip:proxy.example.com:5060"
+    assert literal["SIP_WORKER_NO_REGISTER"] == "true"  # account.register: false
     assert literal["SIP_WORKER_LOG_FORMAT"] == "json"
     assert literal["SIP_WORKER_SIP_HOST"] == "0.0.0.0"
     assert env["SIP_WORKER_PUBLIC_ADDRESS"]["valueFrom"] == {
@@ -146,6 +147,7 @@ def test_defaults_apply_and_start_session_false_drops_the_flag(
     assert env["SIP_WORKER_HISTORY_MAX_LEN"] == "10000"
     assert container["image"] == "registry.test/sip-worker:test"  # SIP_OPERATOR_WORKER_IMAGE
     assert "SIP_WORKER_AUTH_USERNAME" not in env and "SIP_WORKER_OUTBOUND_PROXY" not in env
+    assert "SIP_WORKER_NO_REGISTER" not in env  # registering, as without the field
 
 
 def test_worker_statuses_in_the_stream_become_status_and_phase(

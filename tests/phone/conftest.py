@@ -34,19 +34,30 @@ class PhoneUnderTest:
         return uas
 
 
-def phone_settings() -> WorkerConfig:
+def phone_settings(no_register: bool = False) -> WorkerConfig:
     return WorkerConfig(
         sip_host="127.0.0.1",
         sip_port=0,
         rtp_port=free_media_ports(PHONE_RTP_PORTS),
         redis_url="memory://",
+        no_register=no_register,
     )
 
 
 @pytest.fixture()
 def phone() -> Iterator[PhoneUnderTest]:
+    yield from _running_phone(phone_settings())
+
+
+@pytest.fixture()
+def phone_without_register() -> Iterator[PhoneUnderTest]:
+    """A phone whose accounts send no REGISTER (`--no-register`)."""
+    yield from _running_phone(phone_settings(no_register=True))
+
+
+def _running_phone(settings: WorkerConfig) -> Iterator[PhoneUnderTest]:
     history = MemoryHistory()
-    under_test = PhoneUnderTest(Phone(phone_settings(), history), history)
+    under_test = PhoneUnderTest(Phone(settings, history), history)
     misuses_before = len(threads.misuses())
     under_test.phone.start()
     try:

@@ -39,6 +39,7 @@ class WorkerConfig:
     password_file: Path | None = None
     auth_username: str | None = None
     outbound_proxy: str | None = None
+    no_register: bool = False
     auto_answer_interval: int = 1
     start_session: bool = False
     auth_token_file: Path | None = None
@@ -174,6 +175,13 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("auth_username", _text, "digest user name if it differs from the account's", "USER"),
     _Setting("outbound_proxy", _text, "SIP URI of an outbound proxy", "URI"),
     _Setting(
+        "no_register",
+        _boolean,
+        "send no REGISTER: the account is usable at once, calls go to its host (or the outbound "
+        "proxy), the password is optional (for trunks that authenticate by source address)",
+        is_switch=True,
+    ),
+    _Setting(
         "auto_answer_interval",
         _count(0),
         "seconds before --start-session answers incoming calls (0 declines them)",
@@ -182,7 +190,7 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting(
         "start_session",
         _boolean,
-        "register --account and start the session at boot",
+        "register --account (unless --no-register) and start the session at boot",
         is_switch=True,
     ),
     _Setting(

@@ -95,8 +95,8 @@ def _exit(code: int) -> None:
 def _start_boot_session(
     config: WorkerConfig, password: str, phone: Phone, server: WorkerServer, stop: _Stop
 ) -> None:
-    """Registers --account and starts the session off the main thread, so that a signal
-    during a slow REGISTER is still handled at once."""
+    """Registers --account (with --no-register: without a REGISTER) and starts the session
+    off the main thread, so that a signal during a slow REGISTER is still handled at once."""
     account = config.account or ""
 
     def run() -> None:
@@ -192,8 +192,8 @@ def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> i
         config.sip_host,
         phone.sip_port,
     )
-    if config.start_session and password is not None:
-        _start_boot_session(config, password, phone, server, stop)
+    if config.start_session:
+        _start_boot_session(config, password or "", phone, server, stop)
     elif phone.is_ready():
         server.set_serving()
     stop.wait()
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = parse_config(sys.argv[1:] if argv is None else argv, os.environ)
         password = read_password(config, os.environ)
         auth_token = read_auth_token(config)
-        if config.start_session and password is None:
+        if config.start_session and password is None and not config.no_register:
             raise ConfigError(
                 f"--start-session needs the SIP password: set {PASSWORD_ENV} or --password-file"
             )

@@ -86,7 +86,8 @@ class Phone:
     # ------------------------------------------------------------ the API
 
     def register_account(self, account_name: str, password: str) -> None:
-        """REGISTERs with digest auth; blocks until the registrar's final answer."""
+        """REGISTERs with digest auth; blocks until the registrar's final answer (with
+        `no_register`: sends nothing and returns at once)."""
         name = parse_account_name(account_name)
         if "\0" in password:
             raise InvalidArgument("password contains a NUL character")

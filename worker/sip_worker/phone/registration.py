@@ -3,7 +3,9 @@
 One account is current (the registered one, or the session's); a RegisterAccount creates a
 new account object, which replaces the current one once the registrar accepted it. Each
 account object registers its own Contact (`;line=N`): deleting a replaced account un-REGISTERs
-only its old binding, not the new one. Owner thread only.
+only its old binding, not the new one. With `no_register` (trunks that trust the worker's
+source address) an account has no registrar: it sends no REGISTER, replaces the current one at
+once and records nothing. Owner thread only.
 """
 
 import functools
@@ -60,11 +62,19 @@ class RegistrationListener(Protocol):
 class Account:
     """One PJSUA2 account object and its registration state."""
 
-    def __init__(self, sip: SipAccount, name: AccountName) -> None:
+    def __init__(self, sip: SipAccount, name: AccountName, registers: bool) -> None:
         self.sip = sip
         self.name = name
+        self.registers = registers  # False: it has no registrar and never sends REGISTER
+        # The registrar holds its binding; without a registrar: from RegisterAccount until
+        # EndSession (the API's registration, with nothing sent).
         self.registered = False
         self.pending: _Pending | None = None  # the REGISTER or un-REGISTER in flight
+
+    @property
+    def usable(self) -> bool:
+        """A session may run on it: it is registered, or it needs no registration."""
+        return self.registered or not self.registers
 
 
 class Registration:
@@ -99,16 +109,24 @@ class Registration:
     @owner_thread
     def register(self, name: AccountName, password: str) -> "Future[None]":
         """Creates an account for `name` (its REGISTER goes out at once); the Future ends with
-        the registrar's answer. The checks of the session and call state come first."""
+        the registrar's answer, or at once without a registrar. The checks of the session and
+        call state come first."""
         previous = self.current
-        account = Account(SipAccount(self), name)
+        account = Account(SipAccount(self), name, registers=not self._settings.no_register)
         try:
-            account.sip.create(self._account_config(name, password), True)
+            account.sip.create(self._account_config(account, password), True)
         except pj.Error as error:
             self._owner.retire(account.sip)
             raise InvalidArgument(
                 f"cannot create the account {name.canonical}: {error.reason}"
             ) from None
+
+        if not account.registers:
+            account.registered = True
+            self._make_current(account, previous)
+            done = pending_future()
+            done.set_result(None)
+            return done
 
         def on_answer(error: PhoneError | None) -> None:
             self._registering = None
@@ -116,15 +134,18 @@ class Registration:
             if error is not None:
                 self._owner.post(functools.partial(self._retire, account))
                 return
-            if previous is not None and previous is not account:
-                self._owner.post(functools.partial(self._retire, previous))
-            self.current = account
+            self._make_current(account, previous)
             self._recorder.session(SipStatus.registered, account_name=name.canonical)
             self.listener.account_registered()
 
         # Calls wait until the answer is in: the account they would use may be replaced.
         self._registering = account
         return self._await_answer(account, True, on_answer)
+
+    def _make_current(self, account: Account, previous: Account | None) -> None:
+        if previous is not None and previous is not account:
+            self._owner.post(functools.partial(self._retire, previous))
+        self.current = account
 
     @owner_thread
     def register_again(self, account: Account, on_answer: AnswerHook) -> "Future[None]":
@@ -135,6 +156,10 @@ class Registration:
     @owner_thread
     def unregister(self, account: Account | None, done: "Future[None]") -> None:
         """Un-REGISTERs `account` if it is the registered one; `done` ends with the answer."""
+        if account is not None and not account.registers:
+            account.registered = False
+            done.set_result(None)
+            return
         if (
             account is None
             or account is not self.current
@@ -201,13 +226,15 @@ class Registration:
             )
         self._complete(account, error)
 
-    def _account_config(self, name: AccountName, password: str) -> Any:
-        settings = self._settings
+    def _account_config(self, account: Account, password: str) -> Any:
+        settings, name = self._settings, account.name
         config = pj.AccountConfig()
         config.idUri = name.uri
-        config.regConfig.registrarUri = name.registrar_uri
-        config.regConfig.registerOnAdd = True
-        config.regConfig.retryIntervalSec = RETRY_INTERVAL_S
+        # Without a registrar URI PJSUA never sends a REGISTER (nor an un-REGISTER).
+        if account.registers:
+            config.regConfig.registrarUri = name.registrar_uri
+            config.regConfig.retryIntervalSec = RETRY_INTERVAL_S
+        config.regConfig.registerOnAdd = account.registers
         config.sipConfig.transportId = self._transport_id
         config.sipConfig.contactUriParams = f";line={next(self._contact_lines)}"
         username = settings.auth_username or name.user

@@ -102,7 +102,7 @@ class Session:
             raise WrongState("a call is in progress")
         if self.registration.in_progress():
             raise WrongState("a registration is in progress")
-        if account.registered:
+        if account.usable:
             self._open(interval)
             return None
 

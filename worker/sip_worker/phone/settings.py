@@ -21,4 +21,6 @@ class PhoneSettings(Protocol):
     @property
     def outbound_proxy(self) -> str | None: ...  # SIP URI of an outbound proxy
     @property
+    def no_register(self) -> bool: ...  # accounts send no REGISTER (trunks that trust our address)
+    @property
     def soft_hangup_timeout(self) -> float: ...  # bound on waiting for queued audio before BYE
