@@ -476,7 +476,9 @@ class SessionController:
 
     async def _secret_problem(self, namespace: str, spec: SessionSpec) -> str | None:
         """Why the pod could not start for want of a Secret or key (checked before creating it)."""
-        wanted = [(spec.password_ref, "spec.account.passwordSecretRef")]
+        wanted: list[tuple[SecretKeyRef, str]] = []
+        if spec.password_ref is not None:
+            wanted.append((spec.password_ref, "spec.account.passwordSecretRef"))
         if self._settings.redis_password_secret is not None:
             wanted.append(
                 (self._settings.redis_password_secret, "SIP_OPERATOR_REDIS_PASSWORD_SECRET")

@@ -164,9 +164,14 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 def _worker_env(
     session: SessionRef, spec: SessionSpec, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
+    password = spec.password_ref
     env = [
         _env("SIP_WORKER_ACCOUNT", spec.account_name),
-        _secret_env("SIP_WORKER_PASSWORD", spec.password_ref.name, spec.password_ref.key),
+        *(
+            []
+            if password is None
+            else [_secret_env("SIP_WORKER_PASSWORD", password.name, password.key)]
+        ),
         _env("SIP_WORKER_SESSION_KEY", session_key(session.namespace, session.name)),
         _env("SIP_WORKER_REDIS_URL", settings.worker_redis_url),
         _env("SIP_WORKER_HISTORY_MAX_LEN", str(spec.history_max_length)),

@@ -52,7 +52,7 @@ def parse_duration(text: str) -> int:
 @dataclass(frozen=True)
 class SessionSpec:
     account_name: str
-    password_ref: SecretKeyRef
+    password_ref: SecretKeyRef | None  # None: no REGISTER, and no password
     auth_username: str | None = None
     outbound_proxy: str | None = None
     register: bool = DEFAULT_REGISTER
@@ -114,17 +114,27 @@ def _boolean(section: Mapping[str, Any], key: str, where: str, default: bool) ->
     return value
 
 
+def _password_ref(account: Mapping[str, Any], register: bool) -> SecretKeyRef | None:
+    """The password's Secret key; optional only for an account that never REGISTERs."""
+    where = "spec.account.passwordSecretRef"
+    if account.get("passwordSecretRef") is None:
+        if register:
+            raise SpecError(f"{where} is required unless spec.account.register is false")
+        return None
+    secret_ref = _mapping(account["passwordSecretRef"], where)
+    return SecretKeyRef(
+        name=str(_string(secret_ref, "name", where, required=True)),
+        key=str(_string(secret_ref, "key", where, required=True)),
+    )
+
+
 def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     """The typed spec; raises SpecError for anything the worker could not run with."""
     account = _mapping(spec.get("account"), "spec.account")
     if not account:
         raise SpecError("spec.account is required")
-    secret_ref = _mapping(account.get("passwordSecretRef"), "spec.account.passwordSecretRef")
-    where_ref = "spec.account.passwordSecretRef"
-    password_ref = SecretKeyRef(
-        name=str(_string(secret_ref, "name", where_ref, required=True)),
-        key=str(_string(secret_ref, "key", where_ref, required=True)),
-    )
+    register = _boolean(account, "register", "spec.account", DEFAULT_REGISTER)
+    password_ref = _password_ref(account, register)
     transport = spec.get("transport", DEFAULT_TRANSPORT)
     if transport not in TRANSPORTS:
         raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}")
@@ -139,7 +149,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         password_ref=password_ref,
         auth_username=_string(account, "authUsername", "spec.account"),
         outbound_proxy=_string(account, "outboundProxy", "spec.account"),
-        register=_boolean(account, "register", "spec.account", DEFAULT_REGISTER),
+        register=register,
         auto_answer_interval=_integer(
             spec, "autoAnswerInterval", "spec", DEFAULT_AUTO_ANSWER_INTERVAL, 0
         ),

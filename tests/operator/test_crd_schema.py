@@ -140,6 +140,9 @@ BAD_SPECS = {
     "account with CRLF": _bad(lambda s: s["account"].update(name="a@pbx\r\nX-Evil: 1")),
     "account with a port too long": _bad(lambda s: s["account"].update(name="a@pbx:506000")),
     "no passwordSecretRef": _bad(lambda s: s["account"].pop("passwordSecretRef")),
+    "no passwordSecretRef, registering": _bad(
+        lambda s: (s["account"].pop("passwordSecretRef"), s["account"].update(register=True))
+    ),
     "passwordSecretRef without key": _bad(lambda s: s["account"]["passwordSecretRef"].pop("key")),
     "passwordSecretRef without name": _bad(lambda s: s["account"]["passwordSecretRef"].pop("name")),
     "secret name not DNS": _bad(
@@ -182,6 +185,16 @@ def test_a_spec_without_the_schema_still_fails_clearly_in_the_operator() -> None
         parse_spec(BAD_SPECS["negative autoAnswerInterval"])
     with pytest.raises(SpecError, match=r"spec\.account\.register must be true or false"):
         parse_spec(BAD_SPECS["register as text"])
+
+
+def test_an_account_that_never_registers_needs_no_password() -> None:
+    spec = good_spec()
+    del spec["account"]["passwordSecretRef"]
+    spec["account"]["register"] = False
+    assert errors(session(spec)) == []
+    assert parse_spec(spec).password_ref is None
+    with pytest.raises(SpecError, match="passwordSecretRef is required unless"):
+        parse_spec(BAD_SPECS["no passwordSecretRef"])
 
 
 def test_register_defaults_to_true_and_leaves_existing_pods_alone() -> None:

@@ -150,6 +150,19 @@ def test_defaults_apply_and_start_session_false_drops_the_flag(
     assert "SIP_WORKER_NO_REGISTER" not in env  # registering, as without the field
 
 
+def test_a_trunk_without_register_needs_no_password_secret(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # No Secret exists in the namespace: the operator must not wait for one.
+    spec = {"account": {"name": "bot@trunk.example.com", "register": False}}
+    cluster.create_session(namespace, "trunk", spec)
+    pod = wait_for(lambda: cluster.pods(namespace).get("sip-trunk"), what="the pod")
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SIP_WORKER_NO_REGISTER"]["value"] == "true"
+    assert "SIP_WORKER_PASSWORD" not in env
+    assert cluster.status(namespace, "trunk").get("phase") != "Failed"
+
+
 def test_worker_statuses_in_the_stream_become_status_and_phase(
     cluster: Cluster, operator: OperatorProcess, namespace: str, redis_server: RedisServer
 ) -> None:
