@@ -75,6 +75,12 @@ def test_a_spec_change_mid_call_waits_for_the_call_then_replaces_the_pod(
     assert env["SIP_WORKER_DRAIN_TIMEOUT"] == "3600"  # the default, 1h
     # The drain, then the worker's soft shutdown (SIP_OPERATOR_WORKER_SHUTDOWN_GRACE 20), + 10 s.
     assert first["spec"]["terminationGracePeriodSeconds"] == 3600 + 20 + 10
+    # The worker reads the drain deadline annotation as a file.
+    (drain,) = [v for v in first["spec"]["volumes"] if "downwardAPI" in v]
+    (item,) = drain["downwardAPI"]["items"]
+    assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{DRAIN_DEADLINE}']"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == drain["name"]]
+    assert env["SIP_WORKER_DRAIN_DEADLINE_FILE"] == f"{mount['mountPath']}/{item['path']}"
 
     cluster.patch_session(namespace, "alice", {"spec": {"worker": {"image": NEW_IMAGE}}})
     pending = _pending(cluster, namespace)
