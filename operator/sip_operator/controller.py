@@ -19,8 +19,9 @@ from typing import Any
 from sip_operator import metrics, phase
 from sip_operator.kube import AlreadyExists, KubeApi, KubeError
 from sip_operator.metrics import ErrorKind
-from sip_operator.phase import Observation, PodState, WorkerStatus
+from sip_operator.phase import Observation, PendingUpdate, PodState, WorkerStatus
 from sip_operator.pod_builder import (
+    ANNOTATION_DRAIN_DEADLINE,
     ANNOTATION_SPEC_HASH,
     TOKEN_KEY,
     SessionRef,
@@ -36,7 +37,6 @@ from sip_operator.session_spec import (
     DEFAULT_RETAIN_AFTER_DELETION,
     SessionSpec,
     SpecError,
-    parse_duration,
     parse_spec,
 )
 from sip_operator.settings import OperatorSettings, SecretKeyRef
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 STOP_TIMEOUT = 30.0
+WAIT_FOR_CALL = "waiting for the call in progress to end"
+WAIT_FOR_STATUS = "waiting for the worker's last status from Redis: a call may be in progress"
+# How often a wait for the worker's status looks again (an empty stream wakes nobody).
+STATUS_RECHECK = 1.0
 
 
 class RetentionError(Exception):
@@ -68,6 +72,8 @@ class Session:
     problem: str | None = None  # what keeps it Failed
     waiting: str | None = None  # why there is no pod at the moment
     replacing: bool = False
+    pending_since: float | None = None  # epoch seconds: a spec change waits for a call since
+    pending: PendingUpdate | None = None  # as published
     children_ready: bool = False  # token Secret and Service exist
     pod_failures: int = 0  # pod losses since the last ready pod: the recreation backoff
     pod_lost: bool = False  # the next pod created is a recreation
@@ -89,6 +95,11 @@ class Session:
             self.parsed = (self.generation, parse_spec(self.body.get("spec") or {}))
         return self.parsed[1]
 
+    def settle_update(self) -> None:
+        """The pod runs, or the next one will run, the current spec: no update waits."""
+        self.pending_since = None
+        self.pending = None
+
     @property
     def ref(self) -> SessionRef:
         metadata = self.body["metadata"]
@@ -106,6 +117,10 @@ class Session:
 def _session_key(body: Mapping[str, Any]) -> SessionKey:
     metadata = body["metadata"]
     return (str(metadata["namespace"]), str(metadata["name"]))
+
+
+def _pod_state(body: Mapping[str, Any], owner_uid: str | None) -> PodState:
+    return phase.pod_state(body, owner_uid, ANNOTATION_SPEC_HASH, ANNOTATION_DRAIN_DEADLINE)
 
 
 def _has_key(secret: Mapping[str, Any], key: str) -> bool:
@@ -152,6 +167,10 @@ class SessionController:
                     c.get("type") == "Registered" and c.get("status") == "True" for c in conditions
                 ),
                 applied_generation=int(status.get("observedGeneration") or 0),
+                # A restarted operator keeps the wait's original deadline.
+                pending_since=phase.parse_timestamp(
+                    (status.get("pendingUpdate") or {}).get("since")
+                ),
             )
             self.sessions[key] = session
             self._mirror.follow(key)
@@ -197,6 +216,7 @@ class SessionController:
             if session.pod is not None and session.pod.uid != uid:
                 return  # an older pod's late news
             session.pod = None
+            session.settle_update()
             session.children_ready = False  # re-check token Secret and Service with the new pod
             if uid != session.deleting_pod_uid:
                 session.pod_lost = True
@@ -206,7 +226,7 @@ class SessionController:
                 session.waiting = f"worker pod {metadata.get('name')} was deleted; recreating it"
             session.deleting_pod_uid = None
         else:
-            session.pod = phase.pod_state(body, owner_uid, ANNOTATION_SPEC_HASH)
+            session.pod = _pod_state(body, owner_uid)
         session.wake.set()
 
     def observe_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -255,7 +275,7 @@ class SessionController:
         try:
             retain = parse_spec(body.get("spec") or {}).retain_after_deletion
         except SpecError:
-            retain = parse_duration(DEFAULT_RETAIN_AFTER_DELETION)
+            retain = DEFAULT_RETAIN_AFTER_DELETION
         try:
             await self._mirror.expire(key, retain)
         except Exception as error:
@@ -372,6 +392,8 @@ class SessionController:
 
     async def _check_pod(self, session: Session, spec: SessionSpec, pod: PodState) -> float | None:
         namespace = session.key[0]
+        waiting_since = session.pending_since
+        session.settle_update()  # set again below while the pod still waits for its replacement
         if pod.deleting or pod.uid == session.deleting_pod_uid:
             await self._publish(session, spec)
             return None  # its DELETED event wakes us
@@ -391,17 +413,9 @@ class SessionController:
             await self._publish(session, spec)
             return None
         if pod.spec_hash != spec.fingerprint:
-            session.replacing = True
-            session.deleting_pod_uid = pod.uid
-            await self._kube.delete_pod(namespace, pod.name)
-            self._event(
-                session,
-                "Normal",
-                "Replacing",
-                f"spec generation {session.generation}: replacing worker pod {pod.name}",
-            )
-            await self._publish(session, spec)
-            return None
+            return await self._update_pod(session, spec, pod, waiting_since)
+        if pod.drain_deadline is not None:  # the spec changed back during a wait
+            await self._kube.annotate_pod(namespace, pod.name, {ANNOTATION_DRAIN_DEADLINE: None})
         if pod.ready:
             session.pod_failures = 0
         session.problem = session.waiting = None
@@ -409,6 +423,64 @@ class SessionController:
         session.replacing = False
         session.applied_generation = session.generation
         await self._publish(session, spec)
+        return None
+
+    async def _update_pod(
+        self, session: Session, spec: SessionSpec, pod: PodState, waiting_since: float | None
+    ) -> float | None:
+        """Replaces the pod for the changed spec, unless it serves a call: then it waits for the
+        call to end, at most drainTimeout from when the wait began."""
+        namespace = session.key[0]
+        hold = self._update_hold(session, pod)
+        now = time.time()
+        since = now if waiting_since is None else waiting_since
+        deadline = since + spec.drain_timeout
+        if hold is not None and now < deadline:
+            cause, reason = hold
+            session.pending_since = since
+            session.pending = PendingUpdate(session.generation, since, deadline, cause, reason)
+            if pod.drain_deadline != phase.timestamp(deadline):
+                annotation = {ANNOTATION_DRAIN_DEADLINE: phase.timestamp(deadline)}
+                await self._kube.annotate_pod(namespace, pod.name, annotation)
+            if waiting_since is None:
+                self._event(
+                    session,
+                    "Normal",
+                    "UpdatePending",
+                    f"spec generation {session.generation}: {reason}; worker pod {pod.name} is"
+                    f" replaced then, or at {phase.timestamp(deadline)} (drainTimeout"
+                    f" {spec.drain_timeout}s) at the latest",
+                )
+            await self._publish(session, spec)
+            return (
+                min(deadline - now, STATUS_RECHECK) if reason == WAIT_FOR_STATUS else deadline - now
+            )
+        kind, why = "Normal", ""
+        if hold is not None:
+            kind = "Warning"
+            why = f" although a call may be in progress: drainTimeout {spec.drain_timeout}s passed"
+        elif waiting_since is not None:
+            why = " now that no call is in progress"
+        session.replacing = True
+        session.deleting_pod_uid = pod.uid
+        await self._kube.delete_pod(namespace, pod.name)
+        self._event(
+            session,
+            kind,
+            "Replacing",
+            f"spec generation {session.generation}: replacing worker pod {pod.name}{why}",
+        )
+        await self._publish(session, spec)
+        return None
+
+    def _update_hold(self, session: Session, pod: PodState) -> tuple[str, str] | None:
+        """(condition reason, message) of why a spec change waits; None if it need not."""
+        if not (pod.phase == "Running" and pod.ready):
+            return None  # not serving, so not in a call
+        if not self._mirror.has_read(session.key):
+            return "WorkerStatusUnknown", WAIT_FOR_STATUS
+        if phase.call_in_progress(pod, session.worker):
+            return "CallInProgress", WAIT_FOR_CALL
         return None
 
     async def _fail(
@@ -514,13 +586,14 @@ class SessionController:
                     f"Pod {ref.namespace}/{name} exists and is not controlled by this SipSession;"
                     " delete or rename it"
                 )
-            session.pod = phase.pod_state(found, owner, ANNOTATION_SPEC_HASH)
+            session.pod = _pod_state(found, owner)
             session.pod_lost = False  # whoever created it, it was not this pass
             return session.pod
         if session.pod_lost:
             metrics.POD_RECREATIONS.inc()
             session.pod_lost = False
-        state = phase.pod_state(created, ref.uid, ANNOTATION_SPEC_HASH)
+        session.settle_update()
+        state = _pod_state(created, ref.uid)
         if session.pod is None or session.pod.uid != state.uid:  # the watch may be newer
             session.pod = state
         before = session.waiting or session.problem
@@ -540,11 +613,13 @@ class SessionController:
             replacing=session.replacing,
             worker=session.worker,
             start_session=spec.start_session if spec else True,
+            pending_update=session.pending,
         )
         previous = session.published or session.body.get("status") or {}
+        applied = session.replacing or session.pending is not None
         status = phase.build_status(
             observation,
-            generation=session.applied_generation if session.replacing else session.generation,
+            generation=session.applied_generation if applied else session.generation,
             pod_name=names.pod,
             endpoint=endpoint(ref, self._settings),
             token_secret={"name": names.token_secret, "key": TOKEN_KEY},

@@ -169,6 +169,23 @@ class KubeApi:
         """Deletes with the pod's own grace period, so the worker shuts down softly."""
         return await self._delete("pods", namespace, name)
 
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> bool:
+        """Merge-patches the pod's annotations (None removes one); False if the pod is gone."""
+        try:
+            await self._call(
+                f"annotate pod {namespace}/{name}",
+                "PATCH",
+                _core_path("pods", named=True),
+                {"namespace": namespace, "name": name},
+                {"metadata": {"annotations": annotations}},
+                MERGE_PATCH,
+            )
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def delete_service(self, namespace: str, name: str) -> bool:
         return await self._delete("services", namespace, name)
 

@@ -6,6 +6,7 @@ phase, message and conditions that go into `.status`.
 """
 
 import datetime
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class PodState:
     deleting: bool
     spec_hash: str | None
     reason: str
+    drain_deadline: str | None = None  # the annotation the worker reads (see pod_builder)
 
     @property
     def failed(self) -> bool:
@@ -59,8 +61,11 @@ class PodState:
         return self.phase in ("Failed", "Succeeded")
 
 
-def pod_state(body: Mapping[str, Any], owner_uid: str | None, spec_hash_key: str) -> PodState:
+def pod_state(
+    body: Mapping[str, Any], owner_uid: str | None, spec_hash_key: str, drain_deadline_key: str
+) -> PodState:
     metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     status = body.get("status") or {}
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -71,8 +76,9 @@ def pod_state(body: Mapping[str, Any], owner_uid: str | None, spec_hash_key: str
         phase=status.get("phase"),
         ready=ready and status.get("phase") == "Running",
         deleting=bool(metadata.get("deletionTimestamp")),
-        spec_hash=(metadata.get("annotations") or {}).get(spec_hash_key),
+        spec_hash=annotations.get(spec_hash_key),
         reason=_pod_reason(status),
+        drain_deadline=annotations.get(drain_deadline_key),
     )
 
 
@@ -87,6 +93,26 @@ def _pod_reason(status: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class PendingUpdate:
+    """A spec change the running pod does not have yet, held back by a call (or the chance of
+    one: the worker's last status not read yet)."""
+
+    generation: int
+    since: float  # epoch seconds: when the wait began
+    deadline: float  # epoch seconds: when the pod is replaced even if the call goes on
+    cause: str  # the UpdatePending condition's reason
+    reason: str
+
+    def as_status(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "since": timestamp(self.since),
+            "deadline": timestamp(self.deadline),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
 class Observation:
     deleting: bool = False
     problem: str | None = None  # why the session cannot run now (phase Failed)
@@ -95,6 +121,14 @@ class Observation:
     replacing: bool = False
     worker: WorkerStatus | None = None
     start_session: bool = True
+    pending_update: PendingUpdate | None = None
+
+
+def call_in_progress(pod: PodState | None, worker: WorkerStatus | None) -> bool:
+    """The worker serves and its last status is of a call being set up, up or torn down."""
+    meaning = meaning_of_name(worker.type) if worker is not None else None
+    ready = pod is not None and pod.phase == "Running" and pod.ready
+    return ready and meaning is not None and meaning.in_call
 
 
 def derive_phase(observation: Observation) -> tuple[str, str]:
@@ -114,9 +148,9 @@ def derive_phase(observation: Observation) -> tuple[str, str]:
         return STARTING, "waiting for the worker to report healthy"
     # A type this operator does not know (a newer worker's) counts as neither a call nor an
     # open session, and leaves the account registered.
-    meaning = meaning_of_name(worker.type) if worker is not None else None
-    if worker is not None and meaning is not None and meaning.in_call:
+    if worker is not None and call_in_progress(pod, worker):
         return IN_CALL, f"{worker.type} {worker.callee_id}".strip()
+    meaning = meaning_of_name(worker.type) if worker is not None else None
     if observation.start_session and (meaning is None or meaning.session is not SessionState.READY):
         return STARTING, "the worker is registering the account and starting the session"
     return READY, "the worker is ready"
@@ -153,7 +187,34 @@ def registered_message(observation: Observation) -> str:
 
 
 def now_timestamp() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamp(time.time())
+
+
+def timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes times."""
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 time (as `timestamp` writes it); None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp()
+
+
+def _update_condition(observation: Observation) -> tuple[bool, str, str]:
+    pending = observation.pending_update
+    if pending is not None:
+        return True, pending.cause, pending.reason
+    if observation.replacing:
+        return False, "Replacing", "replacing the worker pod for the changed spec"
+    return False, "UpToDate", "no spec change waits"
 
 
 def _condition(
@@ -211,7 +272,11 @@ def build_status(
                 old_conditions,
                 now,
             ),
+            _condition(
+                "UpdatePending", *_update_condition(observation), generation, old_conditions, now
+            ),
         ],
         "lastStatus": observation.worker.as_status() if observation.worker else None,
+        "pendingUpdate": pending.as_status() if (pending := observation.pending_update) else None,
     }
     return status

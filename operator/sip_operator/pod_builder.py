@@ -24,11 +24,18 @@ WORKER_APP = "sip-worker"
 MANAGER = "sip-operator"
 ANNOTATION_SPEC_HASH = "sip-operator.dev/spec-hash"
 ANNOTATION_GENERATION = "sip-operator.dev/generation"
+# Set while a spec change waits for the call in progress: when the wait ends. The worker reads
+# it through a downward-API file, so that a SIGTERM after it (the replacement, or a node
+# drain meanwhile) does not keep the call for another whole drainTimeout.
+ANNOTATION_DRAIN_DEADLINE = "sip-operator.dev/drain-deadline"
 
 CONTAINER_NAME = "sip-worker"
 TOKEN_KEY = "token"
 TOKEN_DIR = "/var/run/sip-worker/token"
 TOKEN_FILE = f"{TOKEN_DIR}/{TOKEN_KEY}"
+DRAIN_DIR = "/var/run/sip-worker/drain"
+DRAIN_DEADLINE_PATH = "deadline"
+DRAIN_DEADLINE_FILE = f"{DRAIN_DIR}/{DRAIN_DEADLINE_PATH}"
 WORKER_UID = 10001
 
 _DNS_LABEL_MAX = 63
@@ -190,6 +197,8 @@ def _worker_env(
         _env("SIP_WORKER_AUTH_TOKEN_FILE", TOKEN_FILE),
         _env("SIP_WORKER_LOG_FORMAT", "json"),
         _env("SIP_WORKER_SHUTDOWN_GRACE", f"{settings.worker_shutdown_grace:g}"),
+        _env("SIP_WORKER_DRAIN_TIMEOUT", str(spec.drain_timeout)),
+        _env("SIP_WORKER_DRAIN_DEADLINE_FILE", DRAIN_DEADLINE_FILE),
     ]
     if spec.auth_username:
         env.append(_env("SIP_WORKER_AUTH_USERNAME", spec.auth_username))
@@ -254,13 +263,14 @@ def build_pod(
         },
         "volumeMounts": [
             {"name": "api-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "drain", "mountPath": DRAIN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds(spec.drain_timeout),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostNetwork": spec.host_network,
@@ -278,6 +288,19 @@ def build_pod(
                     "secretName": names.token_secret,
                     "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
                     "defaultMode": 0o440,
+                },
+            },
+            {
+                "name": "drain",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": DRAIN_DEADLINE_PATH,
+                            "fieldRef": {
+                                "fieldPath": f"metadata.annotations['{ANNOTATION_DRAIN_DEADLINE}']"
+                            },
+                        }
+                    ]
                 },
             },
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sip_operator.settings import SecretKeyRef
@@ -25,11 +25,12 @@ DEFAULT_START_SESSION = True
 DEFAULT_REGISTER = True
 DEFAULT_TRANSPORT = "udp"
 DEFAULT_HISTORY_MAX_LENGTH = 10000
-DEFAULT_RETAIN_AFTER_DELETION = "168h"
+DEFAULT_RETAIN_AFTER_DELETION = 168 * 3600  # seconds (the CRD's default, "168h")
+DEFAULT_DRAIN_TIMEOUT = 3600  # seconds (the CRD's default, "1h")
 TRANSPORTS = ("udp", "tcp")
 # Fields added after the first release, with their defaults: at the default they leave the
 # fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
-_LATER_FIELDS = {"register": DEFAULT_REGISTER}
+_LATER_FIELDS = {"register": DEFAULT_REGISTER, "drain_timeout": DEFAULT_DRAIN_TIMEOUT}
 
 _DURATION = re.compile(r"^(?:[0-9]+[smhd])+$")
 _DURATION_PART = re.compile(r"([0-9]+)([smhd])")
@@ -40,12 +41,10 @@ class SpecError(Exception):
     """The spec cannot be run; the message says which field and why."""
 
 
-def parse_duration(text: str) -> int:
-    """Seconds in a duration such as `90s`, `30m`, `1h30m`, `7d`."""
+def parse_duration(text: str, where: str) -> int:
+    """Seconds in a duration such as `90s`, `30m`, `1h30m`, `7d`; `where` names the field."""
     if not _DURATION.match(text):
-        raise SpecError(
-            f"history.retainAfterDeletion {text!r} is not a duration such as 30m, 24h or 7d"
-        )
+        raise SpecError(f"{where} {text!r} is not a duration such as 90s, 30m, 24h or 7d")
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
@@ -65,9 +64,9 @@ class SessionSpec:
     tolerations: list[dict[str, Any]] | None = None
     host_network: bool = False
     history_max_length: int = DEFAULT_HISTORY_MAX_LENGTH
-    retain_after_deletion: int = field(
-        default_factory=lambda: parse_duration(DEFAULT_RETAIN_AFTER_DELETION)
-    )
+    retain_after_deletion: int = DEFAULT_RETAIN_AFTER_DELETION
+    # Seconds a call in progress may hold up a pod replacement or the worker's exit.
+    drain_timeout: int = DEFAULT_DRAIN_TIMEOUT
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -141,6 +140,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     worker = _mapping(spec.get("worker"), "spec.worker")
     history = _mapping(spec.get("history"), "spec.history")
     retain = _string(history, "retainAfterDeletion", "spec.history")
+    drain = _string(worker, "drainTimeout", "spec.worker")
     tolerations = worker.get("tolerations")
     if tolerations is not None and not isinstance(tolerations, list):
         raise SpecError("spec.worker.tolerations must be a list")
@@ -164,5 +164,12 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         history_max_length=_integer(
             history, "maxLength", "spec.history", DEFAULT_HISTORY_MAX_LENGTH, 1
         ),
-        retain_after_deletion=parse_duration(retain or DEFAULT_RETAIN_AFTER_DELETION),
+        retain_after_deletion=(
+            parse_duration(retain, "spec.history.retainAfterDeletion")
+            if retain
+            else DEFAULT_RETAIN_AFTER_DELETION
+        ),
+        drain_timeout=(
+            parse_duration(drain, "spec.worker.drainTimeout") if drain else DEFAULT_DRAIN_TIMEOUT
+        ),
     )

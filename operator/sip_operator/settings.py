@@ -44,10 +44,10 @@ class OperatorSettings:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
 
-    @property
-    def termination_grace_seconds(self) -> int:
-        """Long enough for the worker's bounded soft shutdown, plus time to exit."""
-        return math.ceil(self.worker_shutdown_grace) + 10
+    def termination_grace_seconds(self, drain_timeout: int) -> int:
+        """Long enough for the worker to keep a call for `drain_timeout` seconds, then shut
+        down softly within its grace, plus 10 s to exit."""
+        return drain_timeout + math.ceil(self.worker_shutdown_grace) + 10
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1, 2, ...): exponential, capped."""

@@ -188,6 +188,10 @@ class StatusMirror:
         if self._last_ids.pop(session, None) is not None:
             self._members.get(self._group(session), set()).discard(session)
 
+    def has_read(self, session: SessionKey) -> bool:
+        """Whether the session's stream has been read (its newest entry, if any, delivered)."""
+        return session in self._last_ids
+
     @property
     def followed(self) -> int:
         return len(self._last_ids) + len(self._unloaded)

@@ -95,6 +95,7 @@ def _argument(parameter: inspect.Parameter) -> Any:
         "name": "n",
         "body": {"metadata": {"namespace": "ns", "name": "n"}},
         "status": {},
+        "annotations": {},
     }
     assert parameter.name in samples, f"KubeApi takes {parameter.name!r}: teach this test"
     return samples[parameter.name]

@@ -160,6 +160,8 @@ BAD_SPECS = {
     ),
     "history maxLength 0": _bad(lambda s: s.update(history={"maxLength": 0})),
     "retention not a duration": _bad(lambda s: s.update(history={"retainAfterDeletion": "1 week"})),
+    "drainTimeout not a duration": _bad(lambda s: s.update(worker={"drainTimeout": "1 hour"})),
+    "drainTimeout a number": _bad(lambda s: s.update(worker={"drainTimeout": 3600})),
     "hostNetwork as text": _bad(lambda s: s.update(worker={"hostNetwork": "true"})),
     "toleration operator unknown": _bad(
         lambda s: s.update(worker={"tolerations": [{"key": "a", "operator": "Maybe"}]})
@@ -181,6 +183,10 @@ def test_a_spec_without_the_schema_still_fails_clearly_in_the_operator() -> None
         parse_spec(BAD_SPECS["transport sctp"])
     with pytest.raises(SpecError, match="retainAfterDeletion"):
         parse_spec(BAD_SPECS["retention not a duration"])
+    with pytest.raises(SpecError, match=r"spec\.worker\.drainTimeout '1 hour' is not a duration"):
+        parse_spec(BAD_SPECS["drainTimeout not a duration"])
+    with pytest.raises(SpecError, match=r"spec\.worker\.drainTimeout must be a string"):
+        parse_spec(BAD_SPECS["drainTimeout a number"])
     with pytest.raises(SpecError, match="autoAnswerInterval"):
         parse_spec(BAD_SPECS["negative autoAnswerInterval"])
     with pytest.raises(SpecError, match=r"spec\.account\.register must be true or false"):

@@ -125,7 +125,7 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
     assert status["endpoint"] == f"sip-support-line.{namespace}.svc:50099"
     assert status["tokenSecretRef"] == {"name": "sip-support-line-token", "key": "token"}
     assert status["observedGeneration"] == 1
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Registered"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Registered", "UpdatePending"}
     wait_for(lambda: "PodCreated" in cluster.event_reasons(namespace, "support-line"))
 
 
@@ -180,7 +180,7 @@ def test_worker_statuses_in_the_stream_become_status_and_phase(
         lambda: cluster.status(namespace, "alice").get("lastStatus", {}).get("type") == "registered"
     )
     conditions = {c["type"]: c["status"] for c in cluster.status(namespace, "alice")["conditions"]}
-    assert conditions == {"Registered": "True", "Ready": "False"}
+    assert conditions == {"Registered": "True", "Ready": "False", "UpdatePending": "False"}
     wait_for(lambda: "Registered" in cluster.event_reasons(namespace, "alice"))
 
     redis.xadd(stream_key(namespace, "alice"), sip_status_entry("ready", 2))
@@ -204,7 +204,7 @@ def test_worker_statuses_in_the_stream_become_status_and_phase(
     redis.xadd(stream_key(namespace, "alice"), sip_status_entry("outgoing_call_finished", 4))
     cluster.wait_phase(namespace, "alice", "Ready")
     ready = {c["type"]: c["status"] for c in cluster.status(namespace, "alice")["conditions"]}
-    assert ready == {"Registered": "True", "Ready": "True"}
+    assert ready == {"Registered": "True", "Ready": "True", "UpdatePending": "False"}
 
     # One blocking XREAD over all the streams, not a reader per session.
     readers = [c for c in redis.client_list() if c.get("cmd") == "xread"]

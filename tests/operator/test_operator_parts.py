@@ -127,9 +127,9 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 
 def test_durations() -> None:
-    assert parse_duration("90s") == 90
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("7d") == 604800
+    assert parse_duration("90s", "f") == 90
+    assert parse_duration("1h30m", "f") == 5400
+    assert parse_duration("7d", "f") == 604800
 
 
 def _pod(phase_name: str | None = "Running", ready: bool = True) -> PodState:
@@ -242,12 +242,45 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
     first = phase.build_status(observation, previous={}, now="T1", **common)
     same = phase.build_status(observation, previous=first, now="T2", **common)
-    assert [c["lastTransitionTime"] for c in same["conditions"]] == ["T1", "T1"]
+    assert [c["lastTransitionTime"] for c in same["conditions"]] == ["T1", "T1", "T1"]
     lost = phase.build_status(Observation(pod=_pod()), previous=same, now="T3", **common)
     assert {c["type"]: c["lastTransitionTime"] for c in lost["conditions"]} == {
         "Ready": "T3",
         "Registered": "T3",
+        "UpdatePending": "T1",
     }
+
+
+def test_a_pending_update_shows_in_the_status_and_its_condition() -> None:
+    common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
+    in_call = Observation(pod=_pod(), worker=WorkerStatus("outgoing_call_connected"))
+    assert phase.call_in_progress(in_call.pod, in_call.worker)
+    assert not phase.call_in_progress(_pod("Running", False), in_call.worker)
+    since = phase.parse_timestamp("2030-05-01T10:00:00Z")
+    assert since is not None and phase.timestamp(since) == "2030-05-01T10:00:00Z"
+    pending = phase.PendingUpdate(2, since, since + 3600, "CallInProgress", "waiting for it")
+    waiting = Observation(pod=_pod(), worker=in_call.worker, pending_update=pending)
+    status = phase.build_status(waiting, previous={}, now="T1", **common)
+    assert status["phase"] == phase.IN_CALL
+    assert status["pendingUpdate"] == {
+        "generation": 2,
+        "since": "2030-05-01T10:00:00Z",
+        "deadline": "2030-05-01T11:00:00Z",
+        "reason": "waiting for it",
+    }
+    condition = next(c for c in status["conditions"] if c["type"] == "UpdatePending")
+    assert (condition["status"], condition["reason"]) == ("True", "CallInProgress")
+    settled = phase.build_status(in_call, previous=status, now="T2", **common)
+    assert settled["pendingUpdate"] is None  # a merge patch removes it
+    condition = next(c for c in settled["conditions"] if c["type"] == "UpdatePending")
+    assert (condition["status"], condition["lastTransitionTime"]) == ("False", "T2")
+    assert phase.parse_timestamp("yesterday") is None
+    assert phase.parse_timestamp("2030-05-01T10:00:00") is None  # no zone: not a time we wrote
+
+
+def test_the_pod_grace_period_covers_the_drain_and_the_shutdown() -> None:
+    assert OperatorSettings(worker_shutdown_grace=20).termination_grace_seconds(3600) == 3630
+    assert OperatorSettings(worker_shutdown_grace=2.5).termination_grace_seconds(0) == 13
 
 
 def test_the_settings_for_kopf_run_carry_the_operators_configuration() -> None:

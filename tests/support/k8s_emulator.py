@@ -311,7 +311,12 @@ class K8sEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return
         meta = request.data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # As the API server does since Kubernetes 1.32: a taken name is drawn again, up to
+            # 8 times, instead of failing the create with 409 (5 characters collide often).
+            for _ in range(8):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                if self._stored(request.resource, request.namespace, meta["name"]) is None:
+                    break
         if request.namespace and not meta.get("namespace"):
             meta["namespace"] = request.namespace  # else namespaced watches never see it
         meta["uid"] = str(uuid.uuid4())

@@ -43,6 +43,8 @@ FLAGS = [
     "--log-level",
     "--log-format",
     "--shutdown-grace",
+    "--drain-timeout",
+    "--drain-deadline-file",
     "--soft-hangup-timeout",
 ]
 
@@ -90,6 +92,11 @@ BAD_CONFIGS = {
     ),
     "bad log format": (["--log-format", "xml"], {}, "--log-format='xml': must be one of"),
     "zero grace": (["--shutdown-grace", "0"], {}, "--shutdown-grace='0': must be a positive"),
+    "negative drain": (
+        [],
+        {"SIP_WORKER_DRAIN_TIMEOUT": "-1"},
+        "SIP_WORKER_DRAIN_TIMEOUT='-1': must be 0 or a positive number of seconds",
+    ),
     "password as a flag": (["--password", "hunter22"], {}, "--password is not accepted"),
     "session without account": (["--start-session"], {}, "--start-session needs --account"),
     "session without password": (

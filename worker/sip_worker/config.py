@@ -48,6 +48,10 @@ class WorkerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     shutdown_grace: float = 15.0
+    # A contact centre expects a restart never to cut a call: a stop waits for the call in
+    # progress (up to an hour, as the operator's default), unless told otherwise.
+    drain_timeout: float = 3600.0
+    drain_deadline_file: Path | None = None
     soft_hangup_timeout: float = 10.0
 
     @property
@@ -81,6 +85,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be 0 or a positive number of seconds")
     return value
 
 
@@ -221,6 +232,20 @@ SETTINGS: tuple[_Setting, ...] = (
         _seconds,
         "bound in seconds on SIGTERM/SIGINT handling: end the call softly, unregister, exit",
         "SECONDS",
+    ),
+    _Setting(
+        "drain_timeout",
+        _seconds_or_zero,
+        "on SIGTERM/SIGINT during a call: keep it for up to this many seconds (no new calls "
+        "meanwhile), then hang up; a second signal hangs up at once; 0 hangs up at once",
+        "SECONDS",
+    ),
+    _Setting(
+        "drain_deadline_file",
+        _file,
+        "file that may hold an RFC 3339 time by which a drain ends at the latest (the operator's"
+        " deadline for a pending pod replacement); read again every second while draining",
+        "PATH",
     ),
     _Setting(
         "soft_hangup_timeout",

@@ -5,9 +5,10 @@ The server keeps its data (AOF) in `.local/redis`, so the status history survive
 to the next. The echo line (`sip_worker.echo_line`) answers every call and sends its audio back.
 The worker serves gRPC on 127.0.0.1:50099 with SIP on 127.0.0.1 and a session, started at boot
 without a REGISTER, for an account at the echo line: a bare callee id such as `echo` calls it.
-Ctrl-C (or SIGTERM) stops the worker first (it ends a call softly and writes its last
-statuses), then the echo line, then the server. Arguments after `--` go to sip-worker as they
-are; its SIP_WORKER_* variables apply too.
+Ctrl-C (or SIGTERM) stops the worker first (it keeps a call in progress until it ends, then
+writes its last statuses; a second Ctrl-C hangs the call up, a third kills the worker), then
+the echo line, then the server. Arguments after `--` go to sip-worker as they are; its
+SIP_WORKER_* variables apply too.
 """
 
 import argparse
@@ -36,7 +37,8 @@ SESSION_KEY = "local"
 ACCOUNT_USER = "local"
 TONE_NAME = "tone.wav"
 STARTUP_TIMEOUT = 60.0
-# Bound on the worker's own shutdown (its default --shutdown-grace is 15 s) before SIGKILL.
+# Bound on the worker's own shutdown once its call is hung up (its default --shutdown-grace is
+# 15 s) before SIGKILL.
 WORKER_STOP_TIMEOUT = 30.0
 ECHO_LINE_STOP_TIMEOUT = 10.0
 
@@ -90,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; a second signal asks to stop the worker at once."""
+    """Counts SIGINT/SIGTERM: the first stops the worker, the second hangs up its call, the
+    third kills it."""
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self.hurry = threading.Event()
+        self.signals = 0
 
     def on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        if self.requested.is_set():
-            self.hurry.set()
+        self.signals += 1
         self.requested.set()
 
 
@@ -225,10 +227,20 @@ def _run_worker(
         if worker.poll() is not None:
             print(f"make run: sip-worker exited with code {worker.returncode}", file=sys.stderr)
             return worker.returncode or 1
-        print("make run: stopping sip-worker (Ctrl-C again to kill it)", flush=True)
+        print(
+            "make run: stopping sip-worker; it keeps a call in progress until it ends "
+            "(Ctrl-C again to hang up)",
+            flush=True,
+        )
         worker.terminate()
-        deadline = time.monotonic() + WORKER_STOP_TIMEOUT
-        while worker.poll() is None and time.monotonic() < deadline and not stop.hurry.is_set():
+        deadline: float | None = None  # the worker bounds its own drain
+        while worker.poll() is None and stop.signals < 3:
+            if stop.signals == 2 and deadline is None:
+                print("make run: hanging up (Ctrl-C again to kill sip-worker)", flush=True)
+                worker.terminate()  # a second signal ends the worker's drain
+                deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+            if deadline is not None and time.monotonic() > deadline:
+                break
             time.sleep(0.05)
         return 0 if worker.poll() == 0 else 1
     finally:

@@ -24,6 +24,7 @@ from sip_worker.config import (
     read_auth_token,
     read_password,
 )
+from sip_worker.drain import Drain
 from sip_worker.errors import PhoneError
 from sip_worker.history import StatusHistory
 from sip_worker.logging_setup import configure_logging
@@ -45,10 +46,12 @@ GRPC_STOP_GRACE = 1.0
 
 
 class _Stop:
-    """Set once by a signal, by a failed boot session or by the caller; records the reason."""
+    """Set once by a signal, by a failed boot session or by the caller; records the reason.
+    Its watchdog ends the process if the stop takes longer than it promised."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._watchdog: threading.Timer | None = None
         self.reason = ""
         self.exit_code = EXIT_OK
 
@@ -64,23 +67,30 @@ class _Stop:
     def is_requested(self) -> bool:
         return self._event.is_set()
 
+    def bound(self, seconds: float) -> None:
+        """The process ends within `seconds` from now, whatever the shutdown is stuck on."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = threading.Timer(seconds, _force_exit, args=(seconds,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
-def _install_signal_handlers(stop: _Stop, grace: float) -> None:
+
+def _install_signal_handlers(stop: _Stop, drain: Drain, config: WorkerConfig) -> None:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
         if stop.is_requested():
+            drain.interrupt(name)
             return
-        stop.request(signal.Signals(signum).name)
-        # Whatever the shutdown is stuck on, the process ends within the bound it promised.
-        watchdog = threading.Timer(grace, _force_exit, args=(grace,))
-        watchdog.daemon = True
-        watchdog.start()
+        stop.request(name)
+        stop.bound(config.drain_timeout + config.shutdown_grace)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
 
-def _force_exit(grace: float) -> None:
-    logger.error("shutdown did not finish within --shutdown-grace %.1f s; exiting now", grace)
+def _force_exit(seconds: float) -> None:
+    logger.error("shutdown did not finish within %.1f s; exiting now", seconds)
     _exit(EXIT_FAILED)
 
 
@@ -120,12 +130,14 @@ def _shutdown(
     server: WorkerServer,
     stop_metrics: Callable[[], None] | None,
     history: RedisHistory,
+    hang_up_reason: str,
 ) -> None:
-    """Stops taking calls, ends the call softly, unregisters, then stops serving: all within
-    --shutdown-grace (the signal handler's watchdog enforces it)."""
+    """Ends a call still up softly (`hang_up_reason` on its status), unregisters, then stops
+    serving: all within --shutdown-grace (the stop's watchdog enforces it)."""
     deadline = time.monotonic() + config.shutdown_grace
-    server.enter_shutdown()
-    phone.stop(max(config.shutdown_grace - SHUTDOWN_RESERVE, config.shutdown_grace / 2))
+    phone.stop(
+        max(config.shutdown_grace - SHUTDOWN_RESERVE, config.shutdown_grace / 2), hang_up_reason
+    )
     server.stop(min(GRPC_STOP_GRACE, max(0.0, deadline - time.monotonic())))
     if stop_metrics is not None:
         stop_metrics()
@@ -135,7 +147,8 @@ def _shutdown(
 def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> int:
     """Serves until a stop is requested; returns the exit code."""
     stop = _Stop()
-    _install_signal_handlers(stop, config.shutdown_grace)
+    drain = Drain(config.drain_timeout, config.drain_deadline_file)
+    _install_signal_handlers(stop, drain, config)
     serve_metrics: Callable[[str, int], Callable[[], None]] | None = None
     observe_history_writes: Callable[[list[float]], None] | None = None
     if config.metrics_port:
@@ -197,8 +210,12 @@ def run(config: WorkerConfig, password: str | None, auth_token: str | None) -> i
     elif phone.is_ready():
         server.set_serving()
     stop.wait()
-    logger.info("shutting down (%s) within %.1f s", stop.reason, config.shutdown_grace)
-    _shutdown(config, phone, server, stop_metrics, durable_history)
+    logger.info("shutting down (%s)", stop.reason)
+    server.enter_shutdown()  # NOT_SERVING at once: no new clients while a call drains
+    why = drain.run(phone)
+    stop.bound(config.shutdown_grace)
+    hang_up_reason = f"the worker is shutting down ({stop.reason}): {why}" if why else ""
+    _shutdown(config, phone, server, stop_metrics, durable_history, hang_up_reason)
     logger.info("stopped")
     return stop.exit_code
 

@@ -160,11 +160,12 @@ class ActiveCall:
         self.hang_up_softly(soft_bound)
 
     @owner_thread
-    def hang_up_softly(self, bound: float) -> None:
-        """Hangs up once the queued audio has played (plus slack), or after `bound` seconds."""
+    def hang_up_softly(self, bound: float, description: str = "") -> None:
+        """Hangs up once the queued audio has played (plus slack), or after `bound` seconds;
+        `description` (on its status) says why, when not the API's EndCall."""
         if self.phase is not CallPhase.HANGING_UP:
             self.phase = CallPhase.HANGING_UP
-            self._record(SipStatus.soft_hangup_initiated)
+            self._record(SipStatus.soft_hangup_initiated, description=description)
         if self.playback.idle:
             self.hang_up()
         else:

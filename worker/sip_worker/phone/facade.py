@@ -62,8 +62,14 @@ class Phone:
     def is_ready(self) -> bool:
         return self._session is not None and not self._stopped.is_set()
 
-    def stop(self, grace: float) -> None:
-        """Refuses new calls (503), ends the call softly, unregisters and frees PJSUA2.
+    def drain(self) -> "Future[None]":
+        """Takes no new calls from now on (INVITEs get 503, StartCall UNAVAILABLE) and keeps the
+        one in progress; the Future completes once no call is left."""
+        return self._ask_owner(lambda session: session.begin_drain())
+
+    def stop(self, grace: float, reason: str = "") -> None:
+        """Refuses new calls (503), ends the call softly (`reason`, on its status, says why),
+        unregisters and frees PJSUA2.
 
         Returns within about `grace` seconds (plus a little for libDestroy); idempotent.
         """
@@ -73,9 +79,9 @@ class Phone:
             session = self._session
             deadline = time.monotonic() + max(grace, 0.0)
             try:
-                finished = self._owner.submit(lambda: session.begin_shutdown(deadline)).result(
-                    timeout=max(grace, 0.0) + 1.0
-                )
+                finished = self._owner.submit(
+                    lambda: session.begin_shutdown(deadline, reason)
+                ).result(timeout=max(grace, 0.0) + 1.0)
                 finished.result(timeout=max(deadline - time.monotonic(), 0.0))
             except (PhoneError, FutureTimeout):
                 log.warning("the call did not end and unregister within the shutdown grace")

@@ -50,6 +50,7 @@ class Session:
         self.registration = Registration(owner, settings, transport_id, self.recorder, self)
         self.call: ActiveCall | None = None
         self._interval: int | None = None  # auto-answer seconds while the session is open
+        self._closed = False  # takes no new calls (draining or stopping)
         self._stopping = False
         self._refusing: list[SipCall] = []  # refused calls awaiting their final answer
         self._serials = itertools.count(1)
@@ -139,9 +140,21 @@ class Session:
         return done
 
     @owner_thread
-    def begin_shutdown(self, deadline: float) -> "Future[None]":
-        """Refuses new calls, ends the call softly, then unregisters; the Future tells when."""
-        self._stopping = True
+    def begin_drain(self) -> "Future[None]":
+        """Refuses new calls and keeps the current one; the Future tells when none is left."""
+        self._closed = True
+        done = pending_future()
+        if self.call is None:
+            done.set_result(None)
+        else:
+            self.call.on_finished.append(lambda: done.set_result(None))
+        return done
+
+    @owner_thread
+    def begin_shutdown(self, deadline: float, reason: str) -> "Future[None]":
+        """Refuses new calls, ends the call softly (`reason` says why), then unregisters; the
+        Future tells when."""
+        self._closed = self._stopping = True
         done = pending_future()
 
         def unregister() -> None:
@@ -153,12 +166,14 @@ class Session:
             return done
         self.call.on_finished.append(unregister)
         remaining = max(deadline - time.monotonic(), 0.0)
-        self.call.hang_up_softly(min(self._settings.soft_hangup_timeout, remaining / 2))
+        self.call.hang_up_softly(
+            min(self._settings.soft_hangup_timeout, remaining / 2), description=reason
+        )
         return done
 
     def _check_accepting(self) -> None:
-        if self._stopping:
-            raise Unreachable("the phone is shutting down")
+        if self._closed:
+            raise Unreachable("the worker is shutting down and takes no new calls")
 
     # ------------------------------------------------------------ calls
 
@@ -185,7 +200,7 @@ class Session:
         refusal = 0
         if body_is_truncated(message):
             refusal = 400
-        elif self._stopping:
+        elif self._closed:
             refusal = 503
         elif (
             current is None
