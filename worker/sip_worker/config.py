@@ -48,6 +48,7 @@ class WorkerConfig:
     log_format: str = "text"
     shutdown_grace: float = 15.0
     soft_hangup_timeout: float = 10.0
+    media_timeout: float = 30.0  # 0: off
 
     @property
     def history_session_key(self) -> str:
@@ -80,6 +81,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _seconds_or_off(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be 0 (off) or a positive number of seconds")
     return value
 
 
@@ -218,6 +226,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "soft_hangup_timeout",
         _seconds,
         "bound in seconds on waiting for queued audio before a soft hangup's BYE",
+        "SECONDS",
+    ),
+    _Setting(
+        "media_timeout",
+        _seconds_or_off,
+        "seconds without RTP or RTCP from the far end before the worker hangs the call up "
+        "(0 = off; paused while the call is on hold)",
         "SECONDS",
     ),
 )

@@ -22,3 +22,5 @@ class PhoneSettings(Protocol):
     def outbound_proxy(self) -> str | None: ...  # SIP URI of an outbound proxy
     @property
     def soft_hangup_timeout(self) -> float: ...  # bound on waiting for queued audio before BYE
+    @property
+    def media_timeout(self) -> float: ...  # seconds without media from the far end; 0 = off
