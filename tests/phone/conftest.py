@@ -45,8 +45,13 @@ def phone_settings() -> WorkerConfig:
 
 @pytest.fixture()
 def phone() -> Iterator[PhoneUnderTest]:
+    yield from run_phone(phone_settings())
+
+
+def run_phone(settings: WorkerConfig) -> Iterator[PhoneUnderTest]:
+    """A started phone for one test; stopped after it, with no thread misuse unexpected."""
     history = MemoryHistory()
-    under_test = PhoneUnderTest(Phone(phone_settings(), history), history)
+    under_test = PhoneUnderTest(Phone(settings, history), history)
     misuses_before = len(threads.misuses())
     under_test.phone.start()
     try:

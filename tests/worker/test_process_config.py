@@ -42,6 +42,7 @@ FLAGS = [
     "--log-format",
     "--shutdown-grace",
     "--soft-hangup-timeout",
+    "--media-timeout",
 ]
 
 
@@ -83,6 +84,16 @@ BAD_CONFIGS = {
     ),
     "bad log format": (["--log-format", "xml"], {}, "--log-format='xml': must be one of"),
     "zero grace": (["--shutdown-grace", "0"], {}, "--shutdown-grace='0': must be a positive"),
+    "negative media timeout": (
+        ["--media-timeout", "-5"],
+        {},
+        "--media-timeout='-5': must be 0 (off) or a positive number of seconds",
+    ),
+    "media timeout not a number": (
+        [],
+        {"SIP_WORKER_MEDIA_TIMEOUT": "30s"},
+        "SIP_WORKER_MEDIA_TIMEOUT='30s': must be a number",
+    ),
     "password as a flag": (["--password", "hunter22"], {}, "--password is not accepted"),
     "session without account": (["--start-session"], {}, "--start-session needs --account"),
     "session without password": (
