@@ -46,16 +46,17 @@ def phone_settings(no_register: bool = False) -> WorkerConfig:
 
 @pytest.fixture()
 def phone() -> Iterator[PhoneUnderTest]:
-    yield from _running_phone(phone_settings())
+    yield from run_phone(phone_settings())
 
 
 @pytest.fixture()
 def phone_without_register() -> Iterator[PhoneUnderTest]:
     """A phone whose accounts send no REGISTER (`--no-register`)."""
-    yield from _running_phone(phone_settings(no_register=True))
+    yield from run_phone(phone_settings(no_register=True))
 
 
-def _running_phone(settings: WorkerConfig) -> Iterator[PhoneUnderTest]:
+def run_phone(settings: WorkerConfig) -> Iterator[PhoneUnderTest]:
+    """A started phone for one test; stopped after it, with no thread misuse unexpected."""
     history = MemoryHistory()
     under_test = PhoneUnderTest(Phone(settings, history), history)
     misuses_before = len(threads.misuses())

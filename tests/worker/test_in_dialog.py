@@ -26,6 +26,7 @@ OUTGOING_CALL = ["outgoing_call_initiated", "outgoing_call_connected", "outgoing
 TONE_HZ = 1000
 # The scenarios' -d pause after the resume: time enough to play the tone and hear it.
 RESUMED_MS = 1500
+HOLD_MS = 200
 HEARD_SECONDS = 0.5
 
 
@@ -110,7 +111,7 @@ def test_far_end_holds_and_resumes_an_incoming_call(
     uac = sipp_factory(
         "uac_hold.xml",
         remote=f"127.0.0.1:{session.sip_port}",
-        fill={"RTP_PORT": rtp_port(far_end_rtp)},
+        fill={"RTP_PORT": rtp_port(far_end_rtp), "HOLD_MS": str(HOLD_MS)},
         args=["-m", "1", "-d", str(RESUMED_MS), "-s", "worker"],
     )
 
@@ -146,7 +147,7 @@ def test_far_end_holds_and_resumes_an_outgoing_call(
 ) -> None:
     uas = sipp_factory(
         "uas_hold.xml",
-        fill={"RTP_PORT": rtp_port(far_end_rtp)},
+        fill={"RTP_PORT": rtp_port(far_end_rtp), "HOLD_MS": str(HOLD_MS)},
         args=["-m", "1", "-d", str(RESUMED_MS)],
     )
 

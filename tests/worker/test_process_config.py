@@ -46,6 +46,7 @@ FLAGS = [
     "--drain-timeout",
     "--drain-deadline-file",
     "--soft-hangup-timeout",
+    "--media-timeout",
 ]
 
 
@@ -96,6 +97,16 @@ BAD_CONFIGS = {
         [],
         {"SIP_WORKER_DRAIN_TIMEOUT": "-1"},
         "SIP_WORKER_DRAIN_TIMEOUT='-1': must be 0 or a positive number of seconds",
+    ),
+    "negative media timeout": (
+        ["--media-timeout", "-5"],
+        {},
+        "--media-timeout='-5': must be 0 or a positive number of seconds",
+    ),
+    "media timeout not a number": (
+        [],
+        {"SIP_WORKER_MEDIA_TIMEOUT": "30s"},
+        "SIP_WORKER_MEDIA_TIMEOUT='30s': must be a number",
     ),
     "password as a flag": (["--password", "hunter22"], {}, "--password is not accepted"),
     "session without account": (["--start-session"], {}, "--start-session needs --account"),

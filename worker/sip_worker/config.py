@@ -53,6 +53,7 @@ class WorkerConfig:
     drain_timeout: float = 3600.0
     drain_deadline_file: Path | None = None
     soft_hangup_timeout: float = 10.0
+    media_timeout: float = 30.0  # 0: off
 
     @property
     def history_session_key(self) -> str:
@@ -251,6 +252,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "soft_hangup_timeout",
         _seconds,
         "bound in seconds on waiting for queued audio before a soft hangup's BYE",
+        "SECONDS",
+    ),
+    _Setting(
+        "media_timeout",
+        _seconds_or_zero,
+        "seconds without RTP or RTCP from the far end before the worker hangs the call up "
+        "(0 = off; paused while the call is on hold)",
         "SECONDS",
     ),
 )

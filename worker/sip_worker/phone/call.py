@@ -4,10 +4,11 @@
          \\            \\            \\
           +------------+------------+--> HANGING_UP --> FINISHED
 
-Any phase may end in FINISHED (the far end hangs up, the call fails). Features (playback,
-mute, transfer, live audio) are each in their own module; the call tells them when its audio
-port changes and when it ends (`release`), and has the live-audio feature rewire who hears
-whom after anything that changes it. Owner thread only. Nothing here holds a reference to the
+Any phase may end in FINISHED (the far end hangs up, the call fails, the far end sends no
+media for the media timeout). Features (playback, mute, transfer, live audio, the media
+timeout) are each in their own module; the call tells them when its audio port changes and
+when it ends (`release`), and has the live-audio feature rewire who hears whom after
+anything that changes it. Owner thread only. Nothing here holds a reference to the
 call: timers, players and streams reach it through `CallServices`, by serial, so that a
 finished call's PJSUA2 object is freed on the owner as soon as it is retired.
 """
@@ -29,6 +30,7 @@ from sip_worker.phone.bindings import SipCall, answer_parameters, request_parame
 from sip_worker.phone.call_audio import CallAudio, PortPool
 from sip_worker.phone.dtmf import DtmfSender
 from sip_worker.phone.hand_off import Timer
+from sip_worker.phone.media_timeout import MediaTimeout
 from sip_worker.phone.mute import Mute
 from sip_worker.phone.owner import PjOwner
 from sip_worker.phone.playback import Playback, StagedWav
@@ -71,6 +73,7 @@ class CallServices:
     # post(serial, action): the same, soon; callable from any thread, media threads too.
     post: Callable[[int, CallAction], None]
     ports: PortPool  # the live-audio ports, which outlive calls
+    media_timeout: float  # seconds without media from the far end before the BYE; 0: never
 
 
 class ActiveCall:
@@ -86,13 +89,24 @@ class ActiveCall:
         self.transfer = Transfer()
         self.audio = CallAudio(services.ports)
         self.dtmf = DtmfSender()
-        self.features: tuple[CallFeature, ...] = (self.audio, self.mute, self.playback, self.dtmf)
+        self.media_timeout = MediaTimeout(
+            services.media_timeout,
+            functools.partial(_check_media_later, services.later, identity.serial),
+        )
+        self.features: tuple[CallFeature, ...] = (
+            self.audio,
+            self.mute,
+            self.playback,
+            self.dtmf,
+            self.media_timeout,
+        )
         # Run once the call finished, in order (the session frees its line first).
         self.on_finished: list[Callable[[], None]] = []
         self._services = services
         self._timers: list[Timer] = []
         self._dialing = False
         self._ended_while_dialing = ""  # the SIP code and reason, if so
+        self._hang_up_cause = ""  # the finished status's description, if not the SIP one
 
     @property
     def serial(self) -> int:
@@ -185,6 +199,16 @@ class ActiveCall:
             self.sip.hangup(pj.CallOpParam())
         except pj.Error as error:
             log.warning("hangup failed: %s", error.reason)
+
+    @owner_thread
+    def check_media(self) -> None:
+        """The media timeout's periodic check: a silent far end is hung up."""
+        if self.phase is CallPhase.HANGING_UP or not self.media_timeout.expired(self.sip):
+            return
+        log.info("hanging up: %s", self.media_timeout.description)
+        self._hang_up_cause = self.media_timeout.description
+        self.phase = CallPhase.HANGING_UP
+        self.hang_up()
 
     @owner_thread
     def start_transfer(self, uri: str, transfer_id: str, headers: Mapping[str, str]) -> None:
@@ -285,6 +309,7 @@ class ActiveCall:
         if self.phase is CallPhase.SETTING_UP:
             self.phase = CallPhase.CONNECTED
         self._record(CallStep.CONNECTED)
+        self.media_timeout.connected(self.sip)
 
     @owner_thread
     def disconnected(self, code: int, reason: str) -> None:
@@ -293,21 +318,25 @@ class ActiveCall:
             # the error it raises.
             self._ended_while_dialing = sip_code_reason(code, reason)
         elif self.phase is not CallPhase.FINISHED:
-            self.finish(sip_code_reason(code, reason))
+            self.finish(self._hang_up_cause or sip_code_reason(code, reason))
 
     @owner_thread
     def media_changed(self) -> None:
         if self.phase is CallPhase.FINISHED:
             return
         audio = None
+        sendrecv_index = None  # the far end is expected to send RTP on it
         info = self.sip.getInfo()  # keep it: .media of a SWIG temporary is freed memory
         for media in info.media:
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 audio = self.sip.getAudioMedia(media.index)
+                if media.dir == pj.PJMEDIA_DIR_ENCODING_DECODING:
+                    sendrecv_index = int(media.index)
                 break
         self.mute.media_changed(audio)
         self.audio.media_changed(audio)
         self._rewire()
+        self.media_timeout.media_changed(self.sip, sendrecv_index)
 
     @owner_thread
     def transfer_progress(self, code: int, reason: str, final: bool) -> None:
@@ -376,6 +405,13 @@ class ActiveCall:
 def _player_ended(post: Callable[[int, CallAction], None], call: int, player: int) -> None:
     """On the media thread: a player of call `call` reached its end."""
     post(call, functools.partial(ActiveCall.player_finished, player_serial=player))
+
+
+def _check_media_later(
+    later: Callable[[float, int, CallAction], Timer], call: int, delay: float
+) -> Timer:
+    """Schedules the media timeout's check of call `call` (by serial: no reference to it)."""
+    return later(delay, call, ActiveCall.check_media)
 
 
 def _stream_stalled(post: Callable[[int, CallAction], None], call: int, stream: int) -> None:

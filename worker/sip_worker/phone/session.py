@@ -55,7 +55,9 @@ class Session:
         self._refusing: list[SipCall] = []  # refused calls awaiting their final answer
         self._serials = itertools.count(1)
         self._ports = PortPool()
-        self._services = CallServices(owner, self.recorder, self._later, self._post, self._ports)
+        self._services = CallServices(
+            owner, self.recorder, self._later, self._post, self._ports, settings.media_timeout
+        )
         owner.watch_live_calls(self._live_calls)
         owner.on_stop = self._let_go
 

@@ -24,3 +24,5 @@ class PhoneSettings(Protocol):
     def no_register(self) -> bool: ...  # accounts send no REGISTER (trunks that trust our address)
     @property
     def soft_hangup_timeout(self) -> float: ...  # bound on waiting for queued audio before BYE
+    @property
+    def media_timeout(self) -> float: ...  # seconds without media from the far end; 0 = off
