@@ -122,6 +122,8 @@ BAD_VALUES = {
     "bad-quantity": {"operator": {"resources": {"requests": {"memory": "lots"}}}},
     "namespace-pattern": {"watch": {"namespaces": ["team-*"]}},
     "port-out-of-range": {"worker": {"grpcPort": 70000}},
+    "no-slots": {"worker": {"slotsPerNode": 0}},
+    "odd-slot-rtp-ports": {"worker": {"slotRtpPorts": 101}},
     "bad-log-level": {"operator": {"logLevel": "TRACE"}},
     "grpc-clients-empty": {"networkPolicy": {"grpcClients": []}},
     "grpc-client-unknown-field": {"networkPolicy": {"grpcClients": [{"podSelektor": {}}]}},
