@@ -141,18 +141,20 @@ def test_host_network_sessions_get_balanced_slots_across_a_restart_and_free_them
     assert "Traceback" not in operator.log()
 
 
+@pytest.mark.parametrize("scope", [["--namespace", NAMESPACE], ["--all-namespaces"]])
 def test_a_restart_keeps_recorded_slots_and_moves_those_beyond_the_slots_per_node(
-    cluster: Cluster, redis_server: RedisServer, tmp_path: Path
+    cluster: Cluster, redis_server: RedisServer, tmp_path: Path, scope: list[str]
 ) -> None:
-    """Slots come from every session's status at start, also from sessions the restarted
-    operator cannot run (a Failed one): they are never handed out twice. A slot the lowered
-    setting no longer has is replaced by a new one, and the pod with it."""
+    """Slots come from every session's status at start (listed in the watched namespaces, or
+    cluster-wide), also from sessions the restarted operator cannot run (a Failed one): they
+    are never handed out twice. A slot the lowered setting no longer has is replaced by a new
+    one, and the pod with it."""
     cluster.create_secret(NAMESPACE, "alice-sip", {"password": "pw"})
     cluster.create_secret(NAMESPACE, "bob-sip", {"password": "pw"})
     bob = {**account_spec("bob@pbx.example.com", "bob-sip"), "worker": {"hostNetwork": True}}
     operator = OperatorProcess(cluster, redis_server.url, tmp_path / "operator.log")
     try:
-        operator.start(["--namespace", NAMESPACE], env={"SIP_OPERATOR_SLOTS_PER_NODE": "3"})
+        operator.start(scope, env={"SIP_OPERATOR_SLOTS_PER_NODE": "3"})
         for name, spec in (("a", bob), ("b", HOST_NETWORK), ("c", HOST_NETWORK)):
             cluster.create_session(NAMESPACE, name, spec)
             wait_for(functools.partial(_all_slotted, cluster, [name]), what=f"{name}'s pod")
@@ -163,7 +165,7 @@ def test_a_restart_keeps_recorded_slots_and_moves_those_beyond_the_slots_per_nod
         cluster.core.delete_namespaced_secret("bob-sip", NAMESPACE)
         cluster.core.delete_namespaced_pod("sip-a", NAMESPACE)
 
-        operator.start(["--namespace", NAMESPACE], env={"SIP_OPERATOR_SLOTS_PER_NODE": "2"})
+        operator.start(scope, env={"SIP_OPERATOR_SLOTS_PER_NODE": "2"})
         cluster.wait_phase(NAMESPACE, "a", "Failed")
         wait_for(
             lambda: (
