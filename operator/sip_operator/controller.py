@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,9 @@ from sip_operator.pod_builder import (
     controller_uid,
     endpoint,
     new_token,
+    pod_fingerprint,
 )
+from sip_operator.port_slots import SlotTable
 from sip_operator.session_spec import (
     DEFAULT_RETAIN_AFTER_DELETION,
     SessionSpec,
@@ -135,12 +137,17 @@ class SessionController:
         settings: OperatorSettings,
         post_event: PostEvent,
         finalizer: str,
+        session_namespaces: Sequence[str] | None,
     ) -> None:
+        """`session_namespaces`: where SipSessions are listed (None: cluster-wide)."""
         self._finalizer = finalizer
         self._kube = kube
         self._mirror = mirror
         self._settings = settings
         self._post_event = post_event
+        self._session_namespaces = session_namespaces
+        self._slots = SlotTable(settings.slots_per_node)
+        self._slots_lock = asyncio.Lock()
         self.sessions: dict[SessionKey, Session] = {}
         self._finalizing: set[SessionKey] = set()  # until the SipSession is gone from the API
 
@@ -184,6 +191,7 @@ class SessionController:
     def forget_session(self, body: Mapping[str, Any]) -> None:
         """The SipSession is gone from the API (after its finalizer)."""
         self._finalizing.discard(_session_key(body))
+        self._slots.release(str(body["metadata"].get("uid", "")))
         session = self.sessions.get(_session_key(body))
         if session is not None and session.ref.uid == body["metadata"].get("uid"):
             self._abandon(session)
@@ -259,6 +267,7 @@ class SessionController:
             await self._stop(session)
             self.sessions.pop(key, None)
         self._mirror.unfollow(key)
+        self._slots.release(str(body["metadata"].get("uid", "")))
         namespace, name = key
         names = child_names(name)
         await self._kube.patch_session_status(
@@ -294,6 +303,8 @@ class SessionController:
         if session is None or session.ref.uid != body["metadata"].get("uid"):
             return
         self._abandon(session)
+        # The replica serving now hands out slots; read them afresh before handing out any.
+        self._slots.reset()
         await self._stop(session)
         logger.info("SipSession %s: released; another operator replica serves it", session.label)
 
@@ -383,7 +394,8 @@ class SessionController:
         problem = await self._secret_problem(session.key[0], spec)
         if problem:
             return await self._fail(session, spec, problem, ErrorKind.SECRET)
-        created = await self._create_pod(session, spec)
+        slot = await self._slot_for_pod(session, spec)
+        created = await self._create_pod(session, spec, slot)
         if created is None:
             return self._settings.backoff(1)
         if isinstance(created, str):
@@ -412,7 +424,7 @@ class SessionController:
             await self._kube.delete_pod(namespace, pod.name)
             await self._publish(session, spec)
             return None
-        if pod.spec_hash != spec.fingerprint:
+        if not await self._pod_is_current(session, spec, pod):
             return await self._update_pod(session, spec, pod, waiting_since)
         if pod.drain_deadline is not None:  # the spec changed back during a wait
             await self._kube.annotate_pod(namespace, pod.name, {ANNOTATION_DRAIN_DEADLINE: None})
@@ -569,10 +581,12 @@ class SessionController:
             return f"Secret {namespace}/{ref.name} has no key {ref.key!r} (named by {source})"
         return None
 
-    async def _create_pod(self, session: Session, spec: SessionSpec) -> PodState | str | None:
+    async def _create_pod(
+        self, session: Session, spec: SessionSpec, slot: int | None
+    ) -> PodState | str | None:
         """The new (or adopted) pod; a problem message; None if it vanished meanwhile."""
         ref = session.ref
-        body = build_pod(ref, spec, self._settings, session.generation)
+        body = build_pod(ref, spec, self._settings, session.generation, slot)
         name = body["metadata"]["name"]
         try:
             created = await self._kube.create_pod(body)
@@ -601,6 +615,81 @@ class SessionController:
         self._event(session, "Normal", "PodCreated", message)
         return session.pod
 
+    # ---- port slots of hostNetwork sessions ----
+
+    async def _pod_is_current(self, session: Session, spec: SessionSpec, pod: PodState) -> bool:
+        """Whether the pod runs this spec and, on hostNetwork, on the session's slot."""
+        if not spec.host_network:
+            return pod.spec_hash == spec.fingerprint
+        async with self._slots_lock:
+            slot = await self._held_slot(session)
+        # A hostNetwork pod without a slot (made before slots existed) is replaced.
+        return slot is not None and pod.spec_hash == pod_fingerprint(spec, slot)
+
+    async def _slot_for_pod(self, session: Session, spec: SessionSpec) -> int | None:
+        """The slot a new pod runs on (None off hostNetwork), in `.status.slot` before it."""
+        uid = session.ref.uid
+        if not spec.host_network:
+            self._slots.release(uid)  # the old pod is gone: its ports are free
+            return None
+        async with self._slots_lock:
+            slot = await self._held_slot(session)
+            if slot is not None:
+                return slot
+            slot = self._slots.allocate(uid)
+            try:
+                written = await self._kube.patch_session_status(
+                    session.key[0], session.key[1], {"slot": slot}
+                )
+            except KubeError:
+                self._slots.release(uid)
+                raise
+            if not written:
+                self._slots.release(uid)
+                raise KubeError(f"record slot {slot} of {session.label}", 404, "Not Found")
+        session.published = {
+            **(session.published or session.body.get("status") or {}),
+            "slot": slot,
+        }
+        return slot
+
+    async def _held_slot(self, session: Session) -> int | None:
+        """The slot the session holds: the table's, else its status's (the lock is held)."""
+        if not self._slots.seeded:
+            await self._seed_slots()
+        uid = session.ref.uid
+        slot = self._slots.slot_of(uid)
+        if slot is None:
+            claimed = (session.published or session.body.get("status") or {}).get("slot")
+            if isinstance(claimed, int) and not isinstance(claimed, bool):
+                slot = claimed if self._slots.claim(uid, claimed) else None
+        return slot
+
+    async def _seed_slots(self) -> None:
+        """Fills the table from every SipSession's status (one list per namespace), so that no
+        slot another session holds is handed out: after a start, a restart, a peering hand-over."""
+        namespaces: Sequence[str | None] = (
+            [None] if self._session_namespaces is None else self._session_namespaces
+        )
+        claims = []
+        for namespace in namespaces:
+            for body in await self._kube.list_sessions(namespace):
+                slot = (body.get("status") or {}).get("slot")
+                if isinstance(slot, int) and not isinstance(slot, bool):
+                    claims.append((str(body["metadata"].get("uid", "")), slot))
+        self._slots.seed(claims)
+        logger.info("port slots: %d held by existing SipSessions", len(claims))
+
+    def _status_slot(
+        self, session: Session, spec: SessionSpec | None, previous: Mapping[str, Any]
+    ) -> int | None:
+        """What `.status.slot` says (None removes it): the slot the session holds."""
+        held = self._slots.slot_of(session.ref.uid)
+        if held is None and (spec is None or spec.host_network):
+            # Not (yet) in the table, which may not be seeded: the recorded slot stands.
+            return previous.get("slot")
+        return held
+
     # ---- status and events ----
 
     async def _publish(self, session: Session, spec: SessionSpec | None) -> None:
@@ -626,6 +715,7 @@ class SessionController:
             previous=previous,
             now=phase.now_timestamp(),
         )
+        status["slot"] = self._status_slot(session, spec, previous)
         self._announce_transitions(session, status, spec)
         if all(previous.get(k) == v for k, v in status.items()):
             return

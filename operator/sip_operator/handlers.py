@@ -62,7 +62,9 @@ async def start_operator(memo: kopf.Memo, **_: Any) -> None:
     operator_settings = load_settings(os.environ)
     kube = KubeApi()
     mirror = StatusMirror(operator_settings.redis_url, operator_settings.redis_password)
-    controller = SessionController(kube, mirror, operator_settings, _post_event, FINALIZER)
+    controller = SessionController(
+        kube, mirror, operator_settings, _post_event, FINALIZER, memo.session_namespaces
+    )
     metrics.watch_sessions(controller.phases)
     memo.kube = kube
     memo.mirror = mirror

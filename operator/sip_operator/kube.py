@@ -56,7 +56,7 @@ def _core_path(kind: str, named: bool) -> str:
 
 
 class KubeApi:
-    """Pods, Services, Secrets and SipSession status of one cluster."""
+    """Pods, Services, Secrets, and SipSessions' status (and their list) of one cluster."""
 
     def __init__(self, pool_size: int = 16) -> None:
         self._client = kubernetes.client.ApiClient(_load_configuration(pool_size))
@@ -191,6 +191,17 @@ class KubeApi:
 
     async def delete_secret(self, namespace: str, name: str) -> bool:
         return await self._delete("secrets", namespace, name)
+
+    async def list_sessions(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every SipSession in `namespace` (None: in the whole cluster)."""
+        if namespace is None:
+            action, path, params = "list sipsessions", f"/apis/{GROUP}/{VERSION}/{PLURAL}", {}
+        else:
+            action = f"list sipsessions in {namespace}"
+            path = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}"
+            params = {"namespace": namespace}
+        found: dict[str, Any] = await self._call(action, "GET", path, params)
+        return list(found.get("items") or [])
 
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patches `.status` through the status subresource; False if the session is gone."""

@@ -169,6 +169,14 @@ def kopf_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     return settings
 
 
+def session_namespaces(args: argparse.Namespace) -> list[str] | None:
+    """Where the operator lists SipSessions itself: the namespaces named, or (None) the whole
+    cluster when it watches all of them or namespace patterns."""
+    if args.all_namespaces or any(_is_pattern(ns) for ns in args.namespaces):
+        return None
+    return list(args.namespaces)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     environ = os.environ
     args = parse_args(argv, environ)
@@ -195,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=[] if args.all_namespaces else args.namespaces,
         liveness_endpoint=args.liveness,
         settings=kopf_settings(args),
+        memo=kopf.Memo(session_namespaces=session_namespaces(args)),
     )
     return 0
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sip_contract.status import session_key
+from sip_operator.port_slots import WorkerPorts
 from sip_operator.session_spec import API_VERSION, KIND, SessionSpec
 from sip_operator.settings import OperatorSettings
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_SESSION = "sip-operator.dev/session"
+LABEL_SLOT = "sip-operator.dev/slot"
 WORKER_APP = "sip-worker"
 MANAGER = "sip-operator"
 ANNOTATION_SPEC_HASH = "sip-operator.dev/spec-hash"
@@ -168,8 +170,13 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def pod_fingerprint(spec: SessionSpec, slot: int | None) -> str:
+    """What a pod is built from: its spec and, on hostNetwork, its port slot."""
+    return spec.fingerprint if slot is None else f"{spec.fingerprint}-slot-{slot}"
+
+
 def _worker_env(
-    session: SessionRef, spec: SessionSpec, settings: OperatorSettings
+    session: SessionRef, spec: SessionSpec, settings: OperatorSettings, ports: WorkerPorts
 ) -> list[dict[str, Any]]:
     password = spec.password_ref
     env = [
@@ -186,10 +193,10 @@ def _worker_env(
         _env("SIP_WORKER_START_SESSION", "true" if spec.start_session else "false"),
         _env("SIP_WORKER_SIP_TRANSPORT", spec.transport),
         _env("SIP_WORKER_SIP_HOST", "0.0.0.0"),
-        _env("SIP_WORKER_SIP_PORT", str(settings.sip_port)),
+        _env("SIP_WORKER_SIP_PORT", str(ports.sip)),
         _env("SIP_WORKER_GRPC_HOST", "0.0.0.0"),
-        _env("SIP_WORKER_GRPC_PORT", str(settings.grpc_port)),
-        _env("SIP_WORKER_METRICS_PORT", str(settings.metrics_port)),
+        _env("SIP_WORKER_GRPC_PORT", str(ports.grpc)),
+        _env("SIP_WORKER_METRICS_PORT", str(ports.metrics)),
         {
             "name": "SIP_WORKER_PUBLIC_ADDRESS",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
@@ -200,6 +207,9 @@ def _worker_env(
         _env("SIP_WORKER_DRAIN_TIMEOUT", str(spec.drain_timeout)),
         _env("SIP_WORKER_DRAIN_DEADLINE_FILE", DRAIN_DEADLINE_FILE),
     ]
+    if ports.rtp is not None:
+        env.append(_env("SIP_WORKER_RTP_PORT", str(ports.rtp)))
+        env.append(_env("SIP_WORKER_RTP_PORT_COUNT", str(ports.rtp_count)))
     if spec.auth_username:
         env.append(_env("SIP_WORKER_AUTH_USERNAME", spec.auth_username))
     if spec.outbound_proxy:
@@ -212,14 +222,18 @@ def _worker_env(
     return env
 
 
-def _ports(spec: SessionSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
-    ports = [
-        {"name": "grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
-        {"name": "sip", "containerPort": settings.sip_port, "protocol": spec.transport.upper()},
+def _ports(spec: SessionSpec, ports: WorkerPorts) -> list[dict[str, Any]]:
+    declared = [
+        {"name": "grpc", "containerPort": ports.grpc, "protocol": "TCP"},
+        {"name": "sip", "containerPort": ports.sip, "protocol": spec.transport.upper()},
     ]
-    if settings.metrics_port:
-        ports.append({"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"})
-    return ports
+    if ports.metrics:
+        declared.append({"name": "metrics", "containerPort": ports.metrics, "protocol": "TCP"})
+    if spec.host_network:
+        # Declared on the node: the scheduler puts no two pods of one slot on one node.
+        for port in declared:
+            port["hostPort"] = port["containerPort"]
+    return declared
 
 
 _DEFAULT_RESOURCES = {
@@ -229,23 +243,31 @@ _DEFAULT_RESOURCES = {
 
 
 def build_pod(
-    session: SessionRef, spec: SessionSpec, settings: OperatorSettings, generation: int
+    session: SessionRef,
+    spec: SessionSpec,
+    settings: OperatorSettings,
+    generation: int,
+    slot: int | None = None,
 ) -> dict[str, Any]:
+    """The worker pod; `slot` is the port slot of a hostNetwork session (None otherwise)."""
     names = child_names(session.name)
     metadata = _metadata(session, names.pod)
     metadata["annotations"] = {
-        ANNOTATION_SPEC_HASH: spec.fingerprint,
+        ANNOTATION_SPEC_HASH: pod_fingerprint(spec, slot),
         ANNOTATION_GENERATION: str(generation),
     }
-    grpc_probe = {"grpc": {"port": settings.grpc_port}}
+    if slot is not None:
+        metadata["labels"][LABEL_SLOT] = str(slot)
+    ports = settings.worker_ports(slot)
+    grpc_probe = {"grpc": {"port": ports.grpc}}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.worker_image,
         "imagePullPolicy": settings.worker_image_pull_policy,
         "command": ["sip-worker"],
         "args": ["--start-session"] if spec.start_session else [],
-        "env": _worker_env(session, spec, settings),
-        "ports": _ports(spec, settings),
+        "env": _worker_env(session, spec, settings, ports),
+        "ports": _ports(spec, ports),
         "resources": spec.resources or _DEFAULT_RESOURCES,
         "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},

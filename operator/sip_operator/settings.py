@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sip_operator.port_slots import PortPlan, PortPlanError, WorkerPorts
+from sip_worker.config import MIN_RTP_PORT_COUNT
 from sip_worker.redis_connection import RedisUrlError, parse_redis_url
 
 ENV_PREFIX = "SIP_OPERATOR_"
@@ -40,6 +42,11 @@ class OperatorSettings:
     grpc_port: int = 50099
     sip_port: int = 5060
     metrics_port: int = 9464
+    # hostNetwork sessions: slot s gets SIP, gRPC and metrics port + s and RTP ports
+    # slot_rtp_port + s * slot_rtp_ports on (see port_slots.py).
+    slots_per_node: int = 50
+    slot_rtp_port: int = 20000
+    slot_rtp_ports: int = 100
     worker_shutdown_grace: float = 20.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -48,6 +55,23 @@ class OperatorSettings:
         """Long enough for the worker to keep a call for `drain_timeout` seconds, then shut
         down softly within its grace, plus 10 s to exit."""
         return drain_timeout + math.ceil(self.worker_shutdown_grace) + 10
+
+    @property
+    def port_plan(self) -> PortPlan:
+        return PortPlan(
+            slots=self.slots_per_node,
+            sip_base=self.sip_port,
+            grpc_base=self.grpc_port,
+            metrics_base=self.metrics_port,
+            rtp_base=self.slot_rtp_port,
+            rtp_per_slot=self.slot_rtp_ports,
+        )
+
+    def worker_ports(self, slot: int | None) -> WorkerPorts:
+        """A hostNetwork worker's ports on its slot; a pod-network worker's (slot None)."""
+        if slot is None:
+            return WorkerPorts(sip=self.sip_port, grpc=self.grpc_port, metrics=self.metrics_port)
+        return self.port_plan.ports(slot)
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1, 2, ...): exponential, capped."""
@@ -105,6 +129,31 @@ def _redis_url(environ: Mapping[str, str], name: str, default: str) -> str:
     return url
 
 
+def _integer(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = _number(environ, name, default, low, high)
+    if value != int(value):
+        raise SettingsError(f"{ENV_PREFIX}{name}={value!r}: must be an integer")
+    return int(value)
+
+
+def _checked_slots(settings: OperatorSettings) -> OperatorSettings:
+    if settings.slot_rtp_ports % 2:
+        raise SettingsError(
+            f"{ENV_PREFIX}SLOT_RTP_PORTS={settings.slot_rtp_ports}: must be even "
+            "(RTP and RTCP come in pairs)"
+        )
+    try:
+        settings.port_plan.check()
+    except PortPlanError as error:
+        raise SettingsError(
+            f"{ENV_PREFIX}SLOTS_PER_NODE={settings.slots_per_node}: the slots' {error} (slot s "
+            f"uses {ENV_PREFIX}SIP_PORT, _GRPC_PORT and _WORKER_METRICS_PORT + s, RTP from "
+            f"{ENV_PREFIX}SLOT_RTP_PORT + s * _SLOT_RTP_PORTS); move a range or lower the slots "
+            "per node"
+        ) from None
+    return settings
+
+
 def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
     """Reads every setting from `environ`; raises SettingsError naming the variable."""
     secret_name = _optional(environ, "REDIS_PASSWORD_SECRET")
@@ -116,7 +165,7 @@ def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
         )
     backoff_base = _number(environ, "BACKOFF_BASE", 1.0, 0.01, 3600)
     redis_url = _redis_url(environ, "REDIS_URL", OperatorSettings.redis_url)
-    return OperatorSettings(
+    settings = OperatorSettings(
         redis_url=redis_url,
         worker_redis_url=_redis_url(environ, "WORKER_REDIS_URL", redis_url),
         redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
@@ -129,7 +178,15 @@ def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
         metrics_port=_port(
             environ, "WORKER_METRICS_PORT", OperatorSettings.metrics_port, allow_zero=True
         ),
+        slots_per_node=_integer(
+            environ, "SLOTS_PER_NODE", OperatorSettings.slots_per_node, 1, 1000
+        ),
+        slot_rtp_port=_port(environ, "SLOT_RTP_PORT", OperatorSettings.slot_rtp_port),
+        slot_rtp_ports=_integer(
+            environ, "SLOT_RTP_PORTS", OperatorSettings.slot_rtp_ports, MIN_RTP_PORT_COUNT, 65534
+        ),
         worker_shutdown_grace=_number(environ, "WORKER_SHUTDOWN_GRACE", 20.0, 1, 3600),
         backoff_base=backoff_base,
         backoff_max=_number(environ, "BACKOFF_MAX", 60.0, backoff_base, 86400),
     )
+    return _checked_slots(settings)

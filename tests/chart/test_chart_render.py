@@ -280,6 +280,16 @@ def test_an_rtp_range_ending_before_it_starts_is_refused() -> None:
         render({"worker": {"rtpPortStart": 5000, "rtpPortEnd": 4000}})
 
 
+def test_the_port_slot_values_reach_the_operator() -> None:
+    from sip_operator.settings import load_settings
+
+    slots = {"slotsPerNode": 10, "slotRtpPort": 30000, "slotRtpPorts": 40}
+    container = _operator_container(render({"worker": slots}))
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    plan = load_settings(environ).port_plan
+    assert (plan.slots, plan.rtp_base, plan.rtp_per_slot) == (10, 30000, 40)
+
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_the_operator_accepts_the_rendered_arguments_and_environment(
     values: dict[str, Any],
@@ -304,6 +314,11 @@ def test_the_operator_accepts_the_rendered_arguments_and_environment(
     assert args.liveness == "http://0.0.0.0:8080/healthz"
     assert settings.worker_image == "sip-worker:0.1.0"
     assert (settings.grpc_port, settings.sip_port, settings.metrics_port) == (50099, 5060, 9464)
+    assert (settings.slots_per_node, settings.slot_rtp_port, settings.slot_rtp_ports) == (
+        50,
+        20000,
+        100,
+    )
     external = values.get("redis", {}).get("external", {})
     secret = external.get("existingSecret", "demo-sip-operator-redis")
     assert settings.redis_password_secret is not None

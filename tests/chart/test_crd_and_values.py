@@ -73,7 +73,11 @@ def test_the_e2e_session_validates_against_the_crd_schema() -> None:
 @pytest.mark.parametrize(
     "break_it",
     [
-        lambda s: s["spec"]["account"].pop("passwordSecretRef"),
+        # A registering account (the default) needs its password.
+        lambda s: (
+            s["spec"]["account"].pop("passwordSecretRef"),
+            s["spec"]["account"].pop("register"),
+        ),
         lambda s: s["spec"]["account"].update(name="no-host-part"),
         lambda s: s["spec"].update(transport="sctp"),
         lambda s: s["spec"].update(autoAnswerInterval=-1),
@@ -122,6 +126,8 @@ BAD_VALUES = {
     "bad-quantity": {"operator": {"resources": {"requests": {"memory": "lots"}}}},
     "namespace-pattern": {"watch": {"namespaces": ["team-*"]}},
     "port-out-of-range": {"worker": {"grpcPort": 70000}},
+    "no-slots": {"worker": {"slotsPerNode": 0}},
+    "odd-slot-rtp-ports": {"worker": {"slotRtpPorts": 101}},
     "bad-log-level": {"operator": {"logLevel": "TRACE"}},
     "grpc-clients-empty": {"networkPolicy": {"grpcClients": []}},
     "grpc-client-unknown-field": {"networkPolicy": {"grpcClients": [{"podSelektor": {}}]}},

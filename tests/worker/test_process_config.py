@@ -26,6 +26,7 @@ FLAGS = [
     "--sip-port",
     "--sip-transport",
     "--rtp-port",
+    "--rtp-port-count",
     "--public-address",
     "--redis-url",
     "--session-key",
@@ -75,6 +76,12 @@ BAD_CONFIGS = {
         "--auto-answer-interval='-1': must be an integer >= 0",
     ),
     "port out of range": (["--grpc-port", "70000"], {}, "--grpc-port='70000': must be a port"),
+    "too few RTP ports": (["--rtp-port-count", "4"], {}, "--rtp-port-count='4': must be 0"),
+    "RTP ports beyond 65535": (
+        ["--rtp-port", "65500", "--rtp-port-count", "100"],
+        {},
+        "--rtp-port 65500 with --rtp-port-count 100 goes beyond port 65535",
+    ),
     "not a number": (["--history-max-len", "many"], {}, "--history-max-len='many': must be a"),
     "bad env value": (
         [],

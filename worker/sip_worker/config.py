@@ -31,6 +31,7 @@ class WorkerConfig:
     sip_port: int = 5060
     sip_transport: str = "udp"
     rtp_port: int = 4000
+    rtp_port_count: int = 0  # 0: no bound
     public_address: str | None = None
     redis_url: str = ""  # required; parse_config refuses a config without one
     session_key: str | None = None
@@ -80,6 +81,17 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+# PJSUA keeps up to four calls (refused ones too, briefly), each with an RTP and an RTCP port.
+MIN_RTP_PORT_COUNT = 8
+
+
+def _rtp_port_count(text: str) -> int:
+    value = int(text)
+    if value != 0 and value < MIN_RTP_PORT_COUNT:
+        raise ValueError(f"must be 0 (no bound) or at least {MIN_RTP_PORT_COUNT}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -155,6 +167,13 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("sip_port", _port(True), "SIP port (0 = any free port)", "PORT"),
     _Setting("sip_transport", _choice(TRANSPORTS, str.lower), "SIP transport", "udp|tcp"),
     _Setting("rtp_port", _port(False), "first RTP port", "PORT"),
+    _Setting(
+        "rtp_port_count",
+        _rtp_port_count,
+        "RTP and RTCP stay within this many ports from --rtp-port, reused in turn "
+        "(0 = no bound: every call takes the next pair up)",
+        "N",
+    ),
     _Setting(
         "public_address",
         _text,
@@ -352,6 +371,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfi
         raise ConfigError(
             f"--redis-url (env {ENV_PREFIX}REDIS_URL) is required: the status history lives in "
             "Redis (`make run` starts a local server for you)"
+        )
+    if config.rtp_port + config.rtp_port_count - 1 > 65535:
+        raise ConfigError(
+            f"--rtp-port {config.rtp_port} with --rtp-port-count {config.rtp_port_count} "
+            "goes beyond port 65535"
         )
     if config.start_session and not config.account:
         raise ConfigError(

@@ -243,6 +243,10 @@ class Registration:
             config.sipConfig.proxies.append(settings.outbound_proxy)
         media = config.mediaConfig.transportConfig
         media.port = settings.rtp_port
+        if settings.rtp_port_count:
+            # PJSUA takes the next pair for every call and wraps to `port` once a pair would
+            # start beyond port + portRange: pairs from port to port + count - 2.
+            media.portRange = settings.rtp_port_count - 2
         if settings.sip_host not in ("0.0.0.0", "::"):
             media.boundAddress = settings.sip_host
         if settings.public_address:

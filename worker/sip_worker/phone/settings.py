@@ -15,6 +15,8 @@ class PhoneSettings(Protocol):
     @property
     def rtp_port(self) -> int: ...  # first RTP port
     @property
+    def rtp_port_count(self) -> int: ...  # ports from rtp_port that RTP and RTCP use; 0: no bound
+    @property
     def public_address(self) -> str | None: ...  # for Contact and SDP (pods behind NAT)
     @property
     def auth_username(self) -> str | None: ...  # digest user if it differs from the account's
