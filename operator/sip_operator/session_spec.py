@@ -25,7 +25,18 @@ DEFAULT_START_SESSION = True
 DEFAULT_TRANSPORT = "udp"
 DEFAULT_HISTORY_MAX_LENGTH = 10000
 DEFAULT_RETAIN_AFTER_DELETION = "168h"
+DEFAULT_KEEPALIVE_INTERVAL = 15
+MAX_KEEPALIVE_INTERVAL = 3600
+MAX_STUN_SERVERS = 8
 TRANSPORTS = ("udp", "tcp")
+# host[:port] of a STUN server: a DNS name, an IPv4 address or a bracketed IPv6 one.
+_HOST_PORT = re.compile(
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$"
+)
+# A public address: a DNS name, an IPv4 address or an IPv6 one (no port).
+_ADDRESS = re.compile(
+    r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
+)
 
 _DURATION = re.compile(r"^(?:[0-9]+[smhd])+$")
 _DURATION_PART = re.compile(r"([0-9]+)([smhd])")
@@ -54,6 +65,9 @@ class SessionSpec:
     auto_answer_interval: int = DEFAULT_AUTO_ANSWER_INTERVAL
     start_session: bool = DEFAULT_START_SESSION
     transport: str = DEFAULT_TRANSPORT
+    stun_servers: tuple[str, ...] = ()
+    keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
+    public_address: str | None = None
     image: str | None = None
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
@@ -106,6 +120,17 @@ def _boolean(section: Mapping[str, Any], key: str, where: str, default: bool) ->
     return value
 
 
+def _stun_servers(sip: Mapping[str, Any]) -> tuple[str, ...]:
+    servers = sip.get("stunServers") or []
+    where = "spec.sip.stunServers"
+    if not isinstance(servers, list) or len(servers) > MAX_STUN_SERVERS:
+        raise SpecError(f"{where} must be a list of at most {MAX_STUN_SERVERS} host[:port]")
+    for server in servers:
+        if not isinstance(server, str) or not _HOST_PORT.match(server):
+            raise SpecError(f"{where}: {server!r} is not host[:port], such as stun.example.com")
+    return tuple(servers)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     """The typed spec; raises SpecError for anything the worker could not run with."""
     account = _mapping(spec.get("account"), "spec.account")
@@ -122,6 +147,15 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}")
     worker = _mapping(spec.get("worker"), "spec.worker")
     history = _mapping(spec.get("history"), "spec.history")
+    sip = _mapping(spec.get("sip"), "spec.sip")
+    keepalive_interval = _integer(
+        sip, "keepaliveInterval", "spec.sip", DEFAULT_KEEPALIVE_INTERVAL, 0
+    )
+    if keepalive_interval > MAX_KEEPALIVE_INTERVAL:
+        raise SpecError(f"spec.sip.keepaliveInterval must be at most {MAX_KEEPALIVE_INTERVAL}")
+    public_address = _string(sip, "publicAddress", "spec.sip")
+    if public_address is not None and not _ADDRESS.match(public_address):
+        raise SpecError(f"spec.sip.publicAddress {public_address!r} is not an address (no port)")
     retain = _string(history, "retainAfterDeletion", "spec.history")
     tolerations = worker.get("tolerations")
     if tolerations is not None and not isinstance(tolerations, list):
@@ -136,6 +170,9 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         ),
         start_session=_boolean(spec, "startSession", "spec", DEFAULT_START_SESSION),
         transport=transport,
+        stun_servers=_stun_servers(sip),
+        keepalive_interval=keepalive_interval,
+        public_address=public_address,
         image=_string(worker, "image", "spec.worker"),
         resources=dict(_mapping(worker.get("resources"), "spec.worker.resources")) or None,
         node_selector=dict(_mapping(worker.get("nodeSelector"), "spec.worker.nodeSelector"))
