@@ -134,7 +134,7 @@ def test_behind_nat_register_and_calls_both_ways_carry_the_public_address_with_t
     # MEDIA names where the worker's SDP said to send RTP: c= and m=.
     assert peer.wait_for("MEDIA").startswith(f"MEDIA {NAT_PUBLIC_ADDRESS}:")
     far_end_heard, worker_heard = _exchange_tones(worker, peer, tmp_path, "outgoing")
-    assert far_end_heard >= 1.5 and worker_heard >= 1.5
+    assert far_end_heard >= 1.0 and worker_heard >= 1.0, (far_end_heard, worker_heard)
     _hang_up(worker, peer, "outgoing_call_finished")
 
     before = len(worker.history())
@@ -142,7 +142,7 @@ def test_behind_nat_register_and_calls_both_ways_carry_the_public_address_with_t
     worker.wait_for_status("incoming_call_connected", after=before)
     assert peer.wait_for("MEDIA").startswith(f"MEDIA {NAT_PUBLIC_ADDRESS}:")
     far_end_heard, worker_heard = _exchange_tones(worker, peer, tmp_path, "incoming")
-    assert far_end_heard >= 1.5 and worker_heard >= 1.5
+    assert far_end_heard >= 1.0 and worker_heard >= 1.0, (far_end_heard, worker_heard)
     _hang_up(worker, peer, "incoming_call_finished")
 
 
@@ -184,7 +184,7 @@ def test_a_far_end_that_sends_where_the_sdp_says_is_heard_only_with_stun_or_a_pu
 
     assert f"c=IN IP4 {sdp_address}" in far_end.received("INVITE")[0]
     seconds = tone_seconds_in(talk.audio() / 32768.0, RATE, FAR_END_TONE)
-    assert (seconds >= 2.0) if heard else (seconds == 0.0), seconds
+    assert (seconds >= 1.5) if heard else (seconds == 0.0), seconds
 
 
 def test_without_either_the_registrars_rport_fixes_the_contact_but_not_the_sdp(
@@ -214,7 +214,7 @@ def test_without_either_the_registrars_rport_fixes_the_contact_but_not_the_sdp(
     worker.wait_for_status("incoming_call_connected", after=before)
     assert peer.wait_for("MEDIA").startswith(f"MEDIA {PRIVATE_ADDRESS}:")
     far_end_heard, worker_heard = _exchange_tones(worker, peer, tmp_path, "incoming")
-    assert far_end_heard >= 1.5 and worker_heard >= 1.5
+    assert far_end_heard >= 1.0 and worker_heard >= 1.0, (far_end_heard, worker_heard)
     _hang_up(worker, peer, "incoming_call_finished")
 
 
