@@ -197,10 +197,7 @@ def _worker_env(
         _env("SIP_WORKER_GRPC_HOST", "0.0.0.0"),
         _env("SIP_WORKER_GRPC_PORT", str(ports.grpc)),
         _env("SIP_WORKER_METRICS_PORT", str(ports.metrics)),
-        {
-            "name": "SIP_WORKER_PUBLIC_ADDRESS",
-            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
-        },
+        *_nat_env(spec),
         _env("SIP_WORKER_AUTH_TOKEN_FILE", TOKEN_FILE),
         _env("SIP_WORKER_LOG_FORMAT", "json"),
         _env("SIP_WORKER_SHUTDOWN_GRACE", f"{settings.worker_shutdown_grace:g}"),
@@ -219,6 +216,20 @@ def _worker_env(
     if settings.redis_password_secret:
         ref = settings.redis_password_secret
         env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))
+    return env
+
+
+def _nat_env(spec: SessionSpec) -> list[dict[str, Any]]:
+    """How the worker names its address in Contact and SDP: the spec's public address, else
+    what its STUN servers see, else the pod's IP."""
+    env = [_env("SIP_WORKER_KEEPALIVE_INTERVAL", str(spec.keepalive_interval))]
+    if spec.stun_servers:
+        env.append(_env("SIP_WORKER_STUN_SERVERS", ",".join(spec.stun_servers)))
+    if spec.public_address:
+        env.append(_env("SIP_WORKER_PUBLIC_ADDRESS", spec.public_address))
+    elif not spec.stun_servers:
+        pod_ip = {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}
+        env.append({"name": "SIP_WORKER_PUBLIC_ADDRESS", "valueFrom": pod_ip})
     return env
 
 

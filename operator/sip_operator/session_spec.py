@@ -27,10 +27,27 @@ DEFAULT_TRANSPORT = "udp"
 DEFAULT_HISTORY_MAX_LENGTH = 10000
 DEFAULT_RETAIN_AFTER_DELETION = 168 * 3600  # seconds (the CRD's default, "168h")
 DEFAULT_DRAIN_TIMEOUT = 3600  # seconds (the CRD's default, "1h")
+DEFAULT_KEEPALIVE_INTERVAL = 15
+MAX_KEEPALIVE_INTERVAL = 3600
+MAX_STUN_SERVERS = 8
 TRANSPORTS = ("udp", "tcp")
 # Fields added after the first release, with their defaults: at the default they leave the
 # fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
-_LATER_FIELDS = {"register": DEFAULT_REGISTER, "drain_timeout": DEFAULT_DRAIN_TIMEOUT}
+_LATER_FIELDS: dict[str, object] = {
+    "register": DEFAULT_REGISTER,
+    "drain_timeout": DEFAULT_DRAIN_TIMEOUT,
+    "stun_servers": (),
+    "keepalive_interval": DEFAULT_KEEPALIVE_INTERVAL,
+    "public_address": None,
+}
+# host[:port] of a STUN server: a DNS name, an IPv4 address or a bracketed IPv6 one.
+_HOST_PORT = re.compile(
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$"
+)
+# A public address: a DNS name, an IPv4 address or an IPv6 one (no port).
+_ADDRESS = re.compile(
+    r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
+)
 
 _DURATION = re.compile(r"^(?:[0-9]+[smhd])+$")
 _DURATION_PART = re.compile(r"([0-9]+)([smhd])")
@@ -58,6 +75,9 @@ class SessionSpec:
     auto_answer_interval: int = DEFAULT_AUTO_ANSWER_INTERVAL
     start_session: bool = DEFAULT_START_SESSION
     transport: str = DEFAULT_TRANSPORT
+    stun_servers: tuple[str, ...] = ()
+    keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
+    public_address: str | None = None
     image: str | None = None
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
@@ -127,6 +147,17 @@ def _password_ref(account: Mapping[str, Any], register: bool) -> SecretKeyRef | 
     )
 
 
+def _stun_servers(sip: Mapping[str, Any]) -> tuple[str, ...]:
+    servers = sip.get("stunServers") or []
+    where = "spec.sip.stunServers"
+    if not isinstance(servers, list) or len(servers) > MAX_STUN_SERVERS:
+        raise SpecError(f"{where} must be a list of at most {MAX_STUN_SERVERS} host[:port]")
+    for server in servers:
+        if not isinstance(server, str) or not _HOST_PORT.match(server):
+            raise SpecError(f"{where}: {server!r} is not host[:port], such as stun.example.com")
+    return tuple(servers)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     """The typed spec; raises SpecError for anything the worker could not run with."""
     account = _mapping(spec.get("account"), "spec.account")
@@ -139,6 +170,15 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}")
     worker = _mapping(spec.get("worker"), "spec.worker")
     history = _mapping(spec.get("history"), "spec.history")
+    sip = _mapping(spec.get("sip"), "spec.sip")
+    keepalive_interval = _integer(
+        sip, "keepaliveInterval", "spec.sip", DEFAULT_KEEPALIVE_INTERVAL, 0
+    )
+    if keepalive_interval > MAX_KEEPALIVE_INTERVAL:
+        raise SpecError(f"spec.sip.keepaliveInterval must be at most {MAX_KEEPALIVE_INTERVAL}")
+    public_address = _string(sip, "publicAddress", "spec.sip")
+    if public_address is not None and not _ADDRESS.match(public_address):
+        raise SpecError(f"spec.sip.publicAddress {public_address!r} is not an address (no port)")
     retain = _string(history, "retainAfterDeletion", "spec.history")
     drain = _string(worker, "drainTimeout", "spec.worker")
     tolerations = worker.get("tolerations")
@@ -155,6 +195,9 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         ),
         start_session=_boolean(spec, "startSession", "spec", DEFAULT_START_SESSION),
         transport=transport,
+        stun_servers=_stun_servers(sip),
+        keepalive_interval=keepalive_interval,
+        public_address=public_address,
         image=_string(worker, "image", "spec.worker"),
         resources=dict(_mapping(worker.get("resources"), "spec.worker.resources")) or None,
         node_selector=dict(_mapping(worker.get("nodeSelector"), "spec.worker.nodeSelector"))

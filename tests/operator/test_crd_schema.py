@@ -168,6 +168,10 @@ BAD_SPECS = {
     ),
     "nodeSelector value not text": _bad(lambda s: s.update(worker={"nodeSelector": {"a": 1}})),
     "image with a space": _bad(lambda s: s.update(worker={"image": "sip worker"})),
+    "STUN server as a URI": _bad(lambda s: s.update(sip={"stunServers": ["stun:example.com"]})),
+    "STUN servers as text": _bad(lambda s: s.update(sip={"stunServers": "stun.example.com"})),
+    "keep-alive beyond an hour": _bad(lambda s: s.update(sip={"keepaliveInterval": 7200})),
+    "public address with a port": _bad(lambda s: s.update(sip={"publicAddress": "203.0.113.1:5"})),
 }
 
 

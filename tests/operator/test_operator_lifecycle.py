@@ -73,9 +73,10 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
     assert literal["SIP_WORKER_NO_REGISTER"] == "true"  # account.register: false
     assert literal["SIP_WORKER_LOG_FORMAT"] == "json"
     assert literal["SIP_WORKER_SIP_HOST"] == "0.0.0.0"
-    assert env["SIP_WORKER_PUBLIC_ADDRESS"]["valueFrom"] == {
-        "fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}
-    }
+    # STUN names the public address, and keep-alives hold the NAT open.
+    assert literal["SIP_WORKER_STUN_SERVERS"] == "stun.example.com:3478"
+    assert literal["SIP_WORKER_KEEPALIVE_INTERVAL"] == "20"
+    assert "SIP_WORKER_PUBLIC_ADDRESS" not in env
     # The password only by reference; nothing else carries it.
     assert env["SIP_WORKER_PASSWORD"] == {
         "name": "SIP_WORKER_PASSWORD",
@@ -145,6 +146,8 @@ def test_defaults_apply_and_start_session_false_drops_the_flag(
     assert env["SIP_WORKER_AUTO_ANSWER_INTERVAL"] == "1"
     assert env["SIP_WORKER_SIP_TRANSPORT"] == "udp"
     assert env["SIP_WORKER_HISTORY_MAX_LEN"] == "10000"
+    assert env["SIP_WORKER_KEEPALIVE_INTERVAL"] == "15"
+    assert "SIP_WORKER_STUN_SERVERS" not in env
     assert container["image"] == "registry.test/sip-worker:test"  # SIP_OPERATOR_WORKER_IMAGE
     assert "SIP_WORKER_AUTH_USERNAME" not in env and "SIP_WORKER_OUTBOUND_PROXY" not in env
     assert "SIP_WORKER_NO_REGISTER" not in env  # registering, as without the field

@@ -13,8 +13,8 @@ from sip_contract.status import MEANINGS, SessionState, StatusType
 from sip_operator import handlers, phase
 from sip_operator.main import kopf_settings, parse_args
 from sip_operator.phase import Observation, PodState, WorkerStatus
-from sip_operator.pod_builder import child_names, session_label
-from sip_operator.session_spec import parse_duration
+from sip_operator.pod_builder import SessionRef, build_pod, child_names, session_label
+from sip_operator.session_spec import SpecError, parse_duration, parse_spec
 from sip_operator.settings import OperatorSettings, SettingsError, load_settings
 from sip_operator.status_mirror import StatusMirror
 from tests.support.operator_harness import OPERATOR_BIN, sip_status_entry, stream_key
@@ -34,6 +34,70 @@ def test_child_names_are_valid_deterministic_and_distinct(name: str) -> None:
     assert names.service == names.pod and names.token_secret == f"{names.pod}-token"
     assert LABEL_VALUE.match(session_label(name)) and len(session_label(name)) <= 63
     assert child_names(name + "b").pod != names.pod
+
+
+POD_IP = {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}
+
+
+@pytest.mark.parametrize(
+    ("sip", "expected"),
+    [
+        ({}, {"SIP_WORKER_KEEPALIVE_INTERVAL": "15", "SIP_WORKER_PUBLIC_ADDRESS": POD_IP}),
+        (
+            {"stunServers": ["stun.example.com", "198.51.100.7:3478"], "keepaliveInterval": 0},
+            {
+                "SIP_WORKER_KEEPALIVE_INTERVAL": "0",
+                "SIP_WORKER_STUN_SERVERS": "stun.example.com,198.51.100.7:3478",
+            },
+        ),
+        (
+            {"publicAddress": "203.0.113.10", "stunServers": ["stun.example.com"]},
+            {
+                "SIP_WORKER_KEEPALIVE_INTERVAL": "15",
+                "SIP_WORKER_STUN_SERVERS": "stun.example.com",
+                "SIP_WORKER_PUBLIC_ADDRESS": "203.0.113.10",
+            },
+        ),
+    ],
+    ids=["pod IP", "STUN", "fixed address"],
+)
+def test_the_pod_names_its_address_by_the_spec_by_stun_or_by_its_ip(
+    sip: dict[str, object], expected: dict[str, object]
+) -> None:
+    spec = parse_spec(
+        {"account": {"name": "a@pbx", "passwordSecretRef": {"name": "s", "key": "k"}}, "sip": sip}
+    )
+    pod = build_pod(SessionRef("ns", "a", "uid-1"), spec, OperatorSettings(), generation=1)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    nat = {name: value for name, value in env.items() if name in NAT_VARIABLES}
+    assert nat == expected
+
+
+NAT_VARIABLES = (
+    "SIP_WORKER_KEEPALIVE_INTERVAL",
+    "SIP_WORKER_STUN_SERVERS",
+    "SIP_WORKER_PUBLIC_ADDRESS",
+)
+
+
+@pytest.mark.parametrize(
+    ("sip", "message"),
+    [
+        ({"stunServers": "stun.example.com"}, "stunServers must be a list"),
+        ({"stunServers": ["stun:stun.example.com"]}, "'stun:stun.example.com' is not host"),
+        ({"stunServers": ["a,b"]}, "'a,b' is not host"),
+        ({"keepaliveInterval": -1}, "keepaliveInterval must be an integer >= 0"),
+        ({"keepaliveInterval": 7200}, "keepaliveInterval must be at most 3600"),
+        ({"publicAddress": "203.0.113.1:5060"}, "publicAddress '203.0.113.1:5060' is not an"),
+    ],
+)
+def test_bad_nat_settings_are_refused_naming_the_field(
+    sip: dict[str, object], message: str
+) -> None:
+    account = {"name": "a@pbx", "passwordSecretRef": {"name": "s", "key": "k"}}
+    with pytest.raises(SpecError, match=message):
+        parse_spec({"account": account, "sip": sip})
 
 
 def test_settings_defaults_and_environment() -> None:

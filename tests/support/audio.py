@@ -38,6 +38,17 @@ def tone_wav(
     return buffer.getvalue()
 
 
+def mulaw_tone(frequency: float, seconds: float, amplitude: float = 0.5) -> bytes:
+    """A sine tone at 8 kHz as raw G.711 mu-law bytes (PCMU's payload, no header)."""
+    t = np.arange(int(seconds * 8000)) / 8000
+    linear = np.round(amplitude * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int64)
+    magnitude = np.minimum(np.abs(linear), 32635) + 0x84  # clip, then G.711's bias
+    exponent = np.floor(np.log2(magnitude)).astype(np.int64) - 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    sign = (linear < 0).astype(np.int64) << 7
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
 def float_tone_wav(frequency: float, seconds: float, sample_rate: int, bits: int) -> bytes:
     """A mono IEEE-float WAV (format tag 3) with `bits` per sample as declared in its header."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
@@ -82,6 +93,13 @@ def windows(
 def tone_seconds(path: Path, frequency: float, tolerance: float = 25.0) -> float:
     """How many seconds of the recording carry a clear tone at `frequency`."""
     samples, rate = read_wav(path)
+    return tone_seconds_in(samples, rate, frequency, tolerance)
+
+
+def tone_seconds_in(
+    samples: npt.NDArray[np.float64], rate: int, frequency: float, tolerance: float = 25.0
+) -> float:
+    """How many seconds of `samples` (scaled to [-1, 1]) carry a clear tone at `frequency`."""
     window = 0.05
     loud = [
         w

@@ -5,14 +5,16 @@ answers every INVITE at once and, while a call's media is up, obeys commands on 
   record PATH   start recording the call's incoming audio to PATH (ends an earlier recording)
   stop          finish the current recording (its WAV header is written)
   play PATH     play the WAV file PATH (16-bit PCM mono) into the call once (ends an earlier one)
+  call URI      place a call to URI (from the peer's own address and port)
   hangup        send BYE
   quit          exit
-It reports on stdout, one event per line: READY <sip port>, CONFIRMED, MEDIA, RECORDING <path>,
+It reports on stdout, one event per line: READY <sip port>, CONFIRMED, MEDIA <where the far
+end's SDP says to send RTP, address:port>, RECORDING <path>,
 STOPPED <path>, PLAYING <path>, PLAYED <path> (the file reached its end), DTMF <digit> <method>
 (a digit the call received; method rfc2833 for an RFC 4733 telephone-event, info for SIP INFO),
 DISCONNECTED <code>. With --record-calls DIR each call is recorded whole to DIR/call-<n>.wav,
 finished before DISCONNECTED is printed. With --codec ID (such as PCMA/8000 or G722/16000) the
-peer offers and accepts that codec only.
+peer offers and accepts that codec only. --host is the address SIP and RTP bind to (127.0.0.1).
 """
 
 import argparse
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ def _riff_size(path: Path) -> int:
     return int.from_bytes(header[4:8], "little") if len(header) == 8 else 0
 
 
-def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> None:
+def run_peer(host: str, port: int, record_calls: Path | None, codec: str | None = None) -> None:
     import pjsua2 as pj
 
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -70,7 +73,8 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
                         and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE
                     ):
                         self.audio = self.getAudioMedia(media.index)
-                        events.put("MEDIA")
+                        remote = self.getStreamInfo(media.index).remoteRtpAddress
+                        events.put(f"MEDIA {remote}")
             except Exception as error:
                 emit(f"ERROR {error}")
 
@@ -115,7 +119,7 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
     endpoint.libInit(config)
     transport = pj.TransportConfig()
     transport.port = port
-    transport.boundAddress = "127.0.0.1"
+    transport.boundAddress = host
     transport_id = endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
     local_port = int(str(endpoint.transportGetInfo(transport_id).localName).rsplit(":", 1)[1])
     endpoint.libStart()
@@ -130,10 +134,10 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
         for each in codec_ids:
             endpoint.codecSetPriority(each, 255 if each in chosen else 0)
     account_config = pj.AccountConfig()
-    account_config.idUri = f"sip:peer@127.0.0.1:{local_port}"
+    account_config.idUri = f"sip:peer@{host}:{local_port}"
     account_config.sipConfig.transportId = transport_id
-    account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+    account_config.mediaConfig.transportConfig.boundAddress = host
+    account_config.mediaConfig.transportConfig.publicAddress = host
     account = Account()
     account.create(account_config, True)
 
@@ -210,12 +214,21 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
         recorder_path = path
         emit(f"RECORDING {path}")
 
+    def place_call(caller: Any, uri: str) -> None:
+        call = Call(caller, pj.PJSUA_INVALID_ID)
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as error:
+            emit(f"ERROR cannot call {uri}: {error.info()}")
+            return
+        calls.append(call)
+
     running = True
     while running:
         endpoint.libHandleEvents(10)
         while not events.empty():
             event = events.get()
-            if event == "MEDIA" and record_calls is not None and recorder is None:
+            if event.startswith("MEDIA") and record_calls is not None and recorder is None:
                 call_count += 1
                 start_recording(str(record_calls / f"call-{call_count}.wav"))
             if event.startswith("PLAYED"):
@@ -238,6 +251,8 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
                 stop_recording()
             elif command == "play":
                 start_playing(argument)
+            elif command == "call":
+                place_call(account, argument)
             elif command == "hangup":
                 endpoint.hangupAllCalls()
             elif command == "quit":
@@ -263,11 +278,24 @@ def run_peer(port: int, record_calls: Path | None, codec: str | None = None) -> 
 class RecordingPeer:
     """Runs the peer process; `uri` is where to call it. `stop()` kills it (use in teardown)."""
 
-    def __init__(self, workdir: Path, record_calls: bool = False, codec: str | None = None) -> None:
-        """`codec` (such as "PCMA/8000" or "G722/16000"): the only codec the peer takes."""
+    def __init__(
+        self,
+        workdir: Path,
+        record_calls: bool = False,
+        codec: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """`codec` (such as "PCMA/8000" or "G722/16000"): the only codec the peer takes.
+        `host` and `port` (0: any free one) are where it binds SIP; `prefix` goes before the
+        command (such as `ip netns exec NAME`, to run it in another network namespace)."""
         self.workdir = workdir
+        self.host = host
         workdir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "tests.support.recording_peer", "--port", "0"]
+        command = [*prefix, sys.executable, "-m", "tests.support.recording_peer"]
+        command += ["--host", host, "--port", str(port)]
         if record_calls:
             command += ["--record-calls", str(workdir)]
         if codec is not None:
@@ -290,7 +318,7 @@ class RecordingPeer:
 
     @property
     def uri(self) -> str:
-        return f"sip:peer@127.0.0.1:{self.port}"
+        return f"sip:peer@{self.host}:{self.port}"
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -355,11 +383,12 @@ class RecordingPeer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--record-calls", type=Path)
     parser.add_argument("--codec", help="the only codec to offer and accept, e.g. PCMA/8000")
     arguments = parser.parse_args()
-    run_peer(arguments.port, arguments.record_calls, arguments.codec)
+    run_peer(arguments.host, arguments.port, arguments.record_calls, arguments.codec)
 
 
 if __name__ == "__main__":

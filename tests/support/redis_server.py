@@ -32,8 +32,11 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
+        host: str = "127.0.0.1",
     ) -> None:
+        """`host`: the address it listens on (its port is chosen free on 127.0.0.1)."""
         self.data_dir = data_dir
+        self.host = host
         self.port = port or free_port()
         self.password = password
         self.extra_args = extra_args
@@ -42,17 +45,17 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self) -> "redis.Redis[bytes]":
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        return redis.Redis(host=self.host, port=self.port, password=self.password)
 
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             server_binary(),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--dir",

@@ -81,13 +81,19 @@ class Sipp:
         fill: dict[str, str] | None = None,
         args: Sequence[str] = (),
         transport: str = "udp",
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
     ) -> None:
         """`variables` go to sipp's -set; `fill` replaces @NAME@ placeholders in the scenario
-        file itself, for what sipp reads at load time (such as response codes)."""
+        file itself, for what sipp reads at load time (such as response codes). `host` is the
+        address SIP and media bind to; `prefix` goes before the command (such as `ip netns
+        exec NAME`, to run sipp in another network namespace)."""
         self.scenario = scenario
         self.name = Path(scenario).stem
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.prefix = list(prefix)
         self.port = free_udp_port() if transport == "udp" else free_tcp_port()
         self.control_port = free_udp_port()
         self.media_port = free_media_ports()
@@ -111,10 +117,10 @@ class Sipp:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        command = [sipp_binary()]
+        command = [*self.prefix, sipp_binary()]
         if self.remote is not None:
             command.append(self.remote)
         if self.scenario_path is not None:
@@ -124,10 +130,10 @@ class Sipp:
         for name, value in self.variables.items():
             command += ["-set", name, value]
         command += [
-            "-i", "127.0.0.1",
+            "-i", self.host,
             "-p", str(self.port),
             "-cp", str(self.control_port),
-            "-mi", "127.0.0.1",
+            "-mi", self.host,
             "-mp", str(self.media_port),
             "-t", "u1" if self.transport == "udp" else "t1",
             "-nostdin",
@@ -151,12 +157,13 @@ class Sipp:
         return self
 
     def _wait_listening(self, timeout: float = 10.0) -> None:
-        """Servers: wait until sipp has bound its SIP port (it then shows in /proc/net)."""
+        """Servers: wait until sipp has bound its SIP port (it then shows in /proc/net of its
+        network namespace)."""
         deadline = time.monotonic() + timeout
-        table = "/proc/net/udp" if self.transport == "udp" else "/proc/net/tcp"
+        assert self.process is not None
+        table = f"/proc/{self.process.pid}/net/{self.transport}"
         needle = f":{self.port:04X} "
         while time.monotonic() < deadline:
-            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"sipp {self.scenario} exited early:\n{self.output()}")
             if needle in Path(table).read_text():

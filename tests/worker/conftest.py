@@ -80,18 +80,27 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 
 def start_worker(
-    redis_url: str, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None
+    redis_url: str,
+    workdir: Path,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    *,
+    prefix: Sequence[str] = (),
+    grpc_host: str = "127.0.0.1",
+    sip_host: str = "127.0.0.1",
 ) -> WorkerProcess:
-    """Starts `sip-worker` on free ports and waits until its gRPC API answers."""
+    """Starts `sip-worker` on free ports and waits until its gRPC API answers. `prefix` goes
+    before the command (such as `ip netns exec NAME`, to run it in another network namespace)."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port, sip_port = free_tcp_port(), free_udp_port()
     rtp_port = free_media_ports(PHONE_RTP_PORTS)
     command = [
+        *prefix,
         str(SIP_WORKER) if SIP_WORKER.exists() else sys.executable,
         *([] if SIP_WORKER.exists() else ["-m", "sip_worker.main"]),
-        "--grpc-host", "127.0.0.1",
+        "--grpc-host", grpc_host,
         "--grpc-port", str(grpc_port),
-        "--sip-host", "127.0.0.1",
+        "--sip-host", sip_host,
         "--sip-port", str(sip_port),
         "--rtp-port", str(rtp_port),
         "--redis-url", redis_url,
@@ -109,7 +118,7 @@ def start_worker(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    channel = grpc.insecure_channel(f"{grpc_host}:{grpc_port}")
     worker = WorkerProcess(
         process, grpc_port, sip_port, log_path, channel, sip_pb2_grpc.SipStub(channel)
     )

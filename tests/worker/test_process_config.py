@@ -12,6 +12,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from sip_contract.status import stream_key
+from sip_worker.config import parse_config
 from tests.support import worker_probes
 from tests.support.redis_server import RedisServer
 from tests.support.sipp import PHONE_RTP_PORTS, Sipp, free_media_ports, free_tcp_port, free_udp_port
@@ -28,6 +29,8 @@ FLAGS = [
     "--rtp-port",
     "--rtp-port-count",
     "--public-address",
+    "--stun-server",
+    "--keepalive-interval",
     "--redis-url",
     "--session-key",
     "--history-max-len",
@@ -123,6 +126,26 @@ BAD_CONFIGS = {
         "--start-session needs the SIP password",
     ),
     "unknown flag": (["--colour", "blue"], {}, "unrecognized arguments: --colour"),
+    "STUN server as a URI": (
+        ["--stun-server", "stun:stun.example.com"],
+        {},
+        "--stun-server='stun:stun.example.com': 'stun:stun.example.com' is not host[:port]",
+    ),
+    "STUN port out of range": (
+        [],
+        {"SIP_WORKER_STUN_SERVERS": "stun.example.com, 198.51.100.7:70000"},
+        "'198.51.100.7:70000' is not host[:port]",
+    ),
+    "empty STUN list item": (
+        [],
+        {"SIP_WORKER_STUN_SERVERS": "stun.example.com,,stun2.example.com"},
+        "SIP_WORKER_STUN_SERVERS='stun.example.com,,stun2.example.com': '' is not host[:port]",
+    ),
+    "keep-alive beyond an hour": (
+        ["--keepalive-interval", "86400"],
+        {},
+        "--keepalive-interval='86400': must be an integer between 0 and 3600",
+    ),
 }
 
 
@@ -232,6 +255,18 @@ def test_a_flag_wins_over_its_env_var(worker_factory: WorkerFactory) -> None:
     worker = worker_factory(env={"SIP_WORKER_GRPC_PORT": str(unused)})
     assert worker_probes.health(worker.channel) == "SERVING"
     assert f":{worker.grpc_port} " in worker.log()
+
+
+def test_stun_servers_repeat_as_flags_or_come_comma_separated_in_their_env_var() -> None:
+    base = ["--redis-url", "redis://127.0.0.1:6379/0"]
+    flags = [*base, "--stun-server", "stun.example.com", "--stun-server", "[2001:db8::1]:3478"]
+    env = {"SIP_WORKER_STUN_SERVERS": " 198.51.100.7:3478 , stun2.example.com "}
+    assert parse_config(flags, env).stun_servers == ("stun.example.com", "[2001:db8::1]:3478")
+    assert parse_config(base, env).stun_servers == ("198.51.100.7:3478", "stun2.example.com")
+    assert parse_config(base, {"SIP_WORKER_STUN_SERVERS": ""}).stun_servers == ()
+    assert parse_config(base, {}).stun_servers == ()
+    assert parse_config(base, {}).keepalive_interval == 15
+    assert parse_config(base, {"SIP_WORKER_KEEPALIVE_INTERVAL": "0"}).keepalive_interval == 0
 
 
 SECRET = "Pw-7Qz!unique-9f3e"

@@ -7,6 +7,7 @@ environment variable SIP_WORKER_PASSWORD or from `--password-file`, the API toke
 """
 
 import argparse
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ class WorkerConfig:
     rtp_port: int = 4000
     rtp_port_count: int = 0  # 0: no bound
     public_address: str | None = None
+    stun_servers: tuple[str, ...] = ()
+    keepalive_interval: int = 15
     redis_url: str = ""  # required; parse_config refuses a config without one
     session_key: str | None = None
     history_max_len: int = 10000
@@ -73,11 +76,13 @@ def _port(allow_zero: bool) -> Callable[[str], int]:
     return parse
 
 
-def _count(minimum: int) -> Callable[[str], int]:
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise ValueError(f"must be an integer >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be an integer between {minimum} and {maximum}")
         return value
 
     return parse
@@ -125,6 +130,22 @@ def _text(text: str) -> str:
     return value
 
 
+_HOST_PORT = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def _host_ports(text: str) -> tuple[str, ...]:
+    """Comma-separated host[:port] items; empty text is none."""
+    items = [item.strip() for item in text.split(",")] if text.strip() else []
+    for item in items:
+        match = _HOST_PORT.fullmatch(item)
+        if match is None or not 1 <= int(match["port"] or 1) <= 65535:
+            raise ValueError(f"{item!r} is not host[:port], such as stun.example.com:3478")
+    return tuple(items)
+
+
 def _file(text: str) -> Path:
     return Path(_text(text))
 
@@ -150,10 +171,13 @@ class _Setting:
     metavar: str | None = None
     is_switch: bool = False  # a flag without a value; its env var takes true/false
     default_text: str | None = None  # how --help states a default that is not a plain value
+    # The flag (named in the singular) once per value; its env var lists them comma-separated.
+    repeatable: bool = False
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        name = self.name.removesuffix("s") if self.repeatable else self.name
+        return "--" + name.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -180,6 +204,22 @@ SETTINGS: tuple[_Setting, ...] = (
         "address put in Contact and SDP, for hosts behind NAT",
         "ADDRESS",
         default_text="--sip-host (for 0.0.0.0: the default interface address)",
+    ),
+    _Setting(
+        "stun_servers",
+        _host_ports,
+        "STUN server (repeatable) that tells the address Contact and SDP carry behind NAT; "
+        "unused with --public-address",
+        "HOST[:PORT]",
+        default_text="none",
+        repeatable=True,
+    ),
+    _Setting(
+        "keepalive_interval",
+        _count(0, 3600),
+        "seconds between UDP keep-alives to the registrar, which hold a NAT's binding open "
+        "(0 = off)",
+        "SECONDS",
     ),
     _Setting(
         "redis_url",
@@ -327,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 setting.flag, dest=setting.name, action="store_const", const="true", help=help_text
             )
+        elif setting.repeatable:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                metavar=setting.metavar,
+                action="append",
+                help=help_text,
+            )
         else:
             parser.add_argument(
                 setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
@@ -355,7 +403,9 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfi
         )
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw: str | None = getattr(namespace, setting.name)
+        raw: str | list[str] | None = getattr(namespace, setting.name)
+        if isinstance(raw, list):  # a repeated flag's values, as its env var would list them
+            raw = ",".join(raw)
         source = setting.flag
         if raw is None:
             raw = environ.get(setting.env)

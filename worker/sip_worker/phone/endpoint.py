@@ -84,6 +84,13 @@ def _start(library: Any, log_writer: LogWriter, settings: PhoneSettings) -> Endp
     config.logConfig.msgLogging = debug
     config.logConfig.decor = 0
     config.medConfig.noVad = True
+    # A fixed public address wins: STUN would only ask what the configuration already says.
+    if not settings.public_address:
+        for server in settings.stun_servers:
+            config.uaConfig.stunServer.append(server)
+    # NAT type detection would probe with RFC 3489 change requests, which a STUN server with
+    # one address cannot answer, for an SDP attribute (a=X-nat) that far ends ignore.
+    config.uaConfig.natTypeInSdp = 0
     library.libInit(config)
     transport_config = pj.TransportConfig()
     transport_config.port = settings.sip_port

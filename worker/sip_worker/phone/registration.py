@@ -241,6 +241,9 @@ class Registration:
         config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", username, 0, password))
         if settings.outbound_proxy:
             config.sipConfig.proxies.append(settings.outbound_proxy)
+        # Contact and Via rewriting from the registrar's received/rport stay on (PJSUA's
+        # default); the SDP's address does not follow it, since the RTP port's mapping is unknown.
+        config.natConfig.udpKaIntervalSec = settings.keepalive_interval
         media = config.mediaConfig.transportConfig
         media.port = settings.rtp_port
         if settings.rtp_port_count:

@@ -19,6 +19,10 @@ class PhoneSettings(Protocol):
     @property
     def public_address(self) -> str | None: ...  # for Contact and SDP (pods behind NAT)
     @property
+    def stun_servers(self) -> tuple[str, ...]: ...  # host[:port]; unused with public_address
+    @property
+    def keepalive_interval(self) -> int: ...  # seconds between UDP keep-alives, 0 = off
+    @property
     def auth_username(self) -> str | None: ...  # digest user if it differs from the account's
     @property
     def outbound_proxy(self) -> str | None: ...  # SIP URI of an outbound proxy
