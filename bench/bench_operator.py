@@ -373,7 +373,14 @@ def run(sessions: int, lag_seconds: float) -> dict[str, Any]:
 
         watch = LastStatusWatch(emulator.kubeconfig, "bench")
         time.sleep(2.0)  # the watch has had its initial list of every session
+        cpu_before_lag = _cpu_seconds(emulator.process.pid, operator.pid)
         sent = _steady_statuses(redis, names, lag_seconds)
+        cpu_lag = [
+            (after - before) / lag_seconds
+            for before, after in zip(
+                cpu_before_lag, _cpu_seconds(emulator.process.pid, operator.pid), strict=True
+            )
+        ]
         lags, missing = _lags_ms(sent, watch, 60)
         watch.stop()
         floor_lags = _direct_patch_lags(api, emulator.kubeconfig, 20)
@@ -382,6 +389,8 @@ def run(sessions: int, lag_seconds: float) -> dict[str, Any]:
             "peak_mib": peak_kib / 1024,
             "lags_ms": lags,
             "lags_missing": missing,
+            "emulator_cores_lag": cpu_lag[0],
+            "operator_cores_lag": cpu_lag[1],
             "floor_lags_ms": floor_lags,
             "baseline_pods_s": baseline,
             "floor_same_requests_s": floor,
@@ -441,6 +450,10 @@ def main() -> None:
         f"mirror lag, {len(lags)} statuses ({n} sessions, one each per {STATUS_INTERVAL_S:.0f} s), "
         f"XADD -> watch: p50 {statistics.median(lags):.0f} ms, p99 {_percentile(lags, 0.99):.0f} ms"
         f"  (target p99 <= 250 ms); never seen: {result['lags_missing']}"
+    )
+    print(
+        f"CPU meanwhile: emulator {result['emulator_cores_lag']:.2f} cores, "
+        f"operator {result['operator_cores_lag']:.2f} cores"
     )
     print(
         f"floor, a status patch made directly -> watch: p50 {statistics.median(floor):.0f} ms, "

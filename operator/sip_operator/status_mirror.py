@@ -8,15 +8,16 @@ anyway), so a new session is followed at once. A followed stream's newest entry 
 callback, then every later entry, in order, each once. Streams of deleted sessions get their
 retention set with EXPIRE.
 
-Connections, whatever the number of sessions: on one Redis server ONE reader follows every
-stream. A Redis Cluster (`?cluster=true` in the URL) refuses a command whose keys lie in
-different hash slots (CROSSSLOT); the streams lie in `SHARDS` (16) slots, one per shard, so
-there it takes one reader per shard in use, each connected to the primary serving that shard.
+Connections, whatever the number of sessions: one reader per shard in use, at most `SHARDS`
+(16). The streams of a shard share one hash slot, so under a Redis Cluster (`?cluster=true` in
+the URL), which refuses a command whose keys lie in different slots (CROSSSLOT), each reader
+connects to the primary serving its shard. On one server the shards keep each XREAD small: a
+status wakes only its shard's reader, whose next XREAD names a sixteenth of the streams.
 Everything else (loading, EXPIRE, CLIENT UNBLOCK, the legacy polls) goes through one command
 client running at most `COMMAND_CONNECTIONS` (2) commands at once: at most 2 connections to a
 server, or to each primary of a cluster (its pool is capped at that per node), where redis-py's
-discovery (CLUSTER SLOTS) keeps one more per node. So at most 3 connections to one server, and
-16 + 3 per node to a cluster. All of them are named `CLIENT_NAME` (see CLIENT LIST).
+discovery (CLUSTER SLOTS) keeps one more per node. So at most 16 + 2 connections to one server,
+and 16 + 3 per node to a cluster. All of them are named `CLIENT_NAME` (see CLIENT LIST).
 
 Streams of earlier versions (sip_contract.status.legacy_stream_key) keep being followed while a
 worker of such a version may still write them: as long as a followed session's legacy stream
@@ -40,7 +41,13 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from ondewo.sip import sip_pb2
-from sip_contract.status import legacy_stream_key, session_key, stream_key
+from sip_contract.status import (
+    legacy_stream_key,
+    session_key,
+    shard,
+    shard_hash_tag,
+    stream_key,
+)
 from sip_operator.phase import WorkerStatus
 from sip_worker.redis_connection import PASSWORD_ENV, parse_redis_url
 
@@ -49,7 +56,7 @@ logger = logging.getLogger(__name__)
 SessionKey = tuple[str, str]  # (namespace, name)
 Entry = tuple[bytes, dict[bytes, bytes]]
 StatusCallback = Callable[[SessionKey, WorkerStatus], None]
-Group = int | None  # the hash slot of a group of streams under a cluster; None: one server
+Group = int  # a shard: its streams share one hash slot and one reader
 
 CLIENT_NAME = "sip-operator-status-mirror"
 COMMAND_CONNECTIONS = 2
@@ -167,7 +174,8 @@ class StatusMirror:
         self._last_ids: dict[SessionKey, bytes] = {}  # followed sessions -> last entry seen
         self._unloaded: set[SessionKey] = set()  # followed, newest entry not read yet
         self._legacy: set[SessionKey] = set()  # loaded, their legacy streams polled
-        self._members: dict[Group, set[SessionKey]] = {}  # loaded sessions by reader group
+        # Loaded sessions by reader group, each under its stream's name (computed once).
+        self._members: dict[Group, dict[str, SessionKey]] = {}
         self._readers: dict[Group, _Reader] = {}
         self._reading: dict[Group, asyncio.Task[None]] = {}
         self._polling: asyncio.Task[None] | None = None
@@ -186,7 +194,7 @@ class StatusMirror:
         self._unloaded.discard(session)
         self._legacy.discard(session)
         if self._last_ids.pop(session, None) is not None:
-            self._members.get(self._group(session), set()).discard(session)
+            self._members.get(self._group(session), {}).pop(_stream(session), None)
 
     def has_read(self, session: SessionKey) -> bool:
         """Whether the session's stream has been read (its newest entry, if any, delivered)."""
@@ -198,7 +206,7 @@ class StatusMirror:
 
     @property
     def readers(self) -> int:
-        """Connections blocking in XREAD: one, or under a cluster one per shard in use."""
+        """Connections blocking in XREAD: one per shard in use."""
         return len(self._reading)
 
     async def expire(self, session: SessionKey, seconds: int) -> bool:
@@ -215,9 +223,12 @@ class StatusMirror:
         await self._commands.aclose()
 
     def _group(self, session: SessionKey) -> Group:
-        if self._cluster is None:
-            return None
-        return key_slot(_stream(session).encode())
+        return shard(session_key(*session))
+
+    @staticmethod
+    def _slot(group: Group) -> int:
+        """The cluster hash slot of the shard's streams."""
+        return key_slot(shard_hash_tag(group).encode())
 
     async def run(self, on_status: StatusCallback) -> None:
         """Hands each followed stream's newest entry to `on_status` until cancelled.
@@ -298,7 +309,7 @@ class StatusMirror:
             socket_timeout=self._block_ms / 1000 + _COMMAND_TIMEOUT,
             client_name=CLIENT_NAME,
         )
-        if self._cluster is None or group is None:
+        if self._cluster is None:
             assert self._server is not None
             server = self._server
 
@@ -310,7 +321,7 @@ class StatusMirror:
         cluster = self._cluster
         async with self._command_slots:
             await cluster.initialize()
-        node = cluster.nodes_manager.get_node_from_slot(group)
+        node = cluster.nodes_manager.get_node_from_slot(self._slot(group))
         options.update(host=node.host, port=int(node.port))
 
         async def unblock_on_node(client_id: int) -> Any:
@@ -322,12 +333,11 @@ class StatusMirror:
     async def _read(self, group: Group, reader: _Reader) -> None:
         """Reads the group's streams until it has none left (or Redis fails)."""
         while members := self._members.get(group):
-            streams: dict[Any, Any] = {_stream(s): self._last_ids[s] for s in members}
-            sessions = {_stream(s): s for s in members}
+            streams: dict[Any, Any] = {name: self._last_ids[s] for name, s in members.items()}
             reply = await reader.read(streams, self._block_ms)
             self._reachable()
             for name, entries in cast(list[tuple[bytes, list[Entry]]], reply):
-                session = sessions.get(name.decode())
+                session = members.get(name.decode())
                 if session is not None:
                     self._deliver(session, entries)
         self._members.pop(group, None)
@@ -407,6 +417,6 @@ class StatusMirror:
             else:
                 self._last_ids[session] = _NO_ENTRY
             group = self._group(session)
-            self._members.setdefault(group, set()).add(session)
+            self._members.setdefault(group, {})[_stream(session)] = session
             joined.add(group)
         return joined

@@ -42,7 +42,12 @@ def stream_key(session: str) -> str:
 
     The shard's braces come first, so they are the hash tag whatever the session key holds;
     the `history:` prefix keeps it distinct from every legacy key (`sip:{...`)."""
-    return f"sip:history:{{{shard(session):02d}}}:{session}"
+    return f"sip:history:{shard_hash_tag(shard(session))}:{session}"
+
+
+def shard_hash_tag(number: int) -> str:
+    """The Redis Cluster hash tag every stream of shard `number` carries: `{07}`."""
+    return f"{{{number:02d}}}"
 
 
 def legacy_stream_key(session: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from sip_contract.status import session_key
+from sip_contract.status import session_key, shard
 from tests.support.operator_harness import (
     Cluster,
     OperatorProcess,
@@ -198,7 +198,7 @@ def test_worker_statuses_in_the_stream_become_status_and_phase(
     assert last["calleeId"] == "sip:bob@pbx.example.com"
     assert last["timestamp"].endswith("Z")
 
-    # Other sessions' streams move independently, through the same reader.
+    # Other sessions' streams move independently.
     redis.xadd(stream_key(namespace, "carol"), sip_status_entry("ready", 1))
     cluster.wait_phase(namespace, "carol", "Ready")
     assert cluster.status(namespace, "dave")["phase"] == "Starting"
@@ -209,10 +209,11 @@ def test_worker_statuses_in_the_stream_become_status_and_phase(
     ready = {c["type"]: c["status"] for c in cluster.status(namespace, "alice")["conditions"]}
     assert ready == {"Registered": "True", "Ready": "True", "UpdatePending": "False"}
 
-    # One blocking XREAD over all the streams, not a reader per session.
+    # One blocking XREAD per shard in use, not a reader per session.
+    shards = {shard(session_key(namespace, name)) for name in names}
     readers = [c for c in redis.client_list() if c.get("cmd") == "xread"]
-    assert len(readers) == 1, readers
-    assert readers[0]["flags"] == "b"  # blocked in it
+    assert len(readers) == len(shards), readers
+    assert all(reader["flags"] == "b" for reader in readers)  # blocked in it
 
 
 def test_a_deleted_pod_is_recreated(
