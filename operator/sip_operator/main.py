@@ -11,6 +11,7 @@ each process takes its own (random unless --priority says otherwise).
 """
 
 import argparse
+import gc
 import logging
 import os
 import random
@@ -198,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO; the controller logs what changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # What start-up made (kopf, the kubernetes client's models, ...) lives as long as the
+    # process: kept out of the collector, each full collection scans only the sessions' objects.
+    gc.freeze()
     kopf.run(
         clusterwide=bool(args.all_namespaces),
         namespaces=[] if args.all_namespaces else args.namespaces,
