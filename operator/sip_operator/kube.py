@@ -146,6 +146,18 @@ class KubeApi:
             raise
         return True
 
+    async def _merge_patch(
+        self, action: str, path: str, params: dict[str, str], patch: dict[str, Any]
+    ) -> bool:
+        """False if the object is gone (404)."""
+        try:
+            await self._call(action, "PATCH", path, params, patch, MERGE_PATCH)
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._create("pods", body)
 
@@ -171,20 +183,12 @@ class KubeApi:
 
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> bool:
         """Merge-patches the pod's annotations (None removes one); False if the pod is gone."""
-        try:
-            await self._call(
-                f"annotate pod {namespace}/{name}",
-                "PATCH",
-                _core_path("pods", named=True),
-                {"namespace": namespace, "name": name},
-                {"metadata": {"annotations": annotations}},
-                MERGE_PATCH,
-            )
-        except KubeError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        return await self._merge_patch(
+            f"annotate pod {namespace}/{name}",
+            _core_path("pods", named=True),
+            {"namespace": namespace, "name": name},
+            {"metadata": {"annotations": annotations}},
+        )
 
     async def delete_service(self, namespace: str, name: str) -> bool:
         return await self._delete("services", namespace, name)
@@ -205,17 +209,9 @@ class KubeApi:
 
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patches `.status` through the status subresource; False if the session is gone."""
-        try:
-            await self._call(
-                f"patch sipsession {namespace}/{name} status",
-                "PATCH",
-                f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
-                {"namespace": namespace, "name": name},
-                {"status": status},
-                MERGE_PATCH,
-            )
-        except KubeError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        return await self._merge_patch(
+            f"patch sipsession {namespace}/{name} status",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
+            {"namespace": namespace, "name": name},
+            {"status": status},
+        )
