@@ -42,6 +42,10 @@ class OperatorSettings:
     grpc_port: int = 50099
     sip_port: int = 5060
     metrics_port: int = 9464
+    # Pod-network workers: RTP and RTCP within rtp_ports ports from rtp_port, the range the
+    # chart's NetworkPolicy opens (unbounded, PJSUA would leave it after rtp_ports / 2 calls).
+    rtp_port: int = 4000
+    rtp_ports: int = 100
     # hostNetwork sessions: slot s gets SIP, gRPC and metrics port + s and RTP ports
     # slot_rtp_port + s * slot_rtp_ports on (see port_slots.py).
     slots_per_node: int = 50
@@ -70,7 +74,13 @@ class OperatorSettings:
     def worker_ports(self, slot: int | None) -> WorkerPorts:
         """A hostNetwork worker's ports on its slot; a pod-network worker's (slot None)."""
         if slot is None:
-            return WorkerPorts(sip=self.sip_port, grpc=self.grpc_port, metrics=self.metrics_port)
+            return WorkerPorts(
+                sip=self.sip_port,
+                grpc=self.grpc_port,
+                metrics=self.metrics_port,
+                rtp=self.rtp_port,
+                rtp_count=self.rtp_ports,
+            )
         return self.port_plan.ports(slot)
 
     def backoff(self, attempt: int) -> float:
@@ -177,6 +187,10 @@ def load_settings(environ: Mapping[str, str]) -> OperatorSettings:
         sip_port=_port(environ, "SIP_PORT", OperatorSettings.sip_port),
         metrics_port=_port(
             environ, "WORKER_METRICS_PORT", OperatorSettings.metrics_port, allow_zero=True
+        ),
+        rtp_port=_port(environ, "RTP_PORT", OperatorSettings.rtp_port),
+        rtp_ports=_integer(
+            environ, "RTP_PORTS", OperatorSettings.rtp_ports, MIN_RTP_PORT_COUNT, 65534
         ),
         slots_per_node=_integer(
             environ, "SLOTS_PER_NODE", OperatorSettings.slots_per_node, 1, 1000

@@ -290,6 +290,16 @@ def test_the_port_slot_values_reach_the_operator() -> None:
     assert (plan.slots, plan.rtp_base, plan.rtp_per_slot) == (10, 30000, 40)
 
 
+def test_pod_network_workers_keep_rtp_within_the_network_policys_range() -> None:
+    from sip_operator.settings import load_settings
+
+    manifests = render({"worker": {"rtpPortStart": 5000, "rtpPortEnd": 5199}})
+    container = _operator_container(manifests)
+    environ = {e["name"]: e.get("value", "from-a-secret-or-field") for e in container["env"]}
+    ports = load_settings(environ).worker_ports(None)
+    assert (ports.rtp, ports.rtp_count) == (5000, 200)
+
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_the_operator_accepts_the_rendered_arguments_and_environment(
     values: dict[str, Any],

@@ -204,4 +204,5 @@ def test_a_pod_network_session_gets_no_slot_and_the_usual_ports(
     }
     env = _env(container)
     assert (env["SIP_WORKER_SIP_PORT"], env["SIP_WORKER_GRPC_PORT"]) == (str(SIP), str(GRPC))
-    assert "SIP_WORKER_RTP_PORT" not in env and "SIP_WORKER_RTP_PORT_COUNT" not in env
+    # RTP stays within the range a NetworkPolicy opens (the defaults: 4000 and 100 ports).
+    assert (env["SIP_WORKER_RTP_PORT"], env["SIP_WORKER_RTP_PORT_COUNT"]) == ("4000", "100")

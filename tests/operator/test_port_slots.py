@@ -29,8 +29,10 @@ def test_without_metrics_a_slot_has_no_metrics_port() -> None:
     plan.check()
 
 
-def test_a_pod_network_worker_keeps_the_fixed_ports_and_the_workers_rtp_default() -> None:
-    assert OperatorSettings().worker_ports(None) == WorkerPorts(sip=5060, grpc=50099, metrics=9464)
+def test_a_pod_network_worker_keeps_the_fixed_ports_and_a_bounded_rtp_range() -> None:
+    assert OperatorSettings().worker_ports(None) == WorkerPorts(
+        sip=5060, grpc=50099, metrics=9464, rtp=4000, rtp_count=100
+    )
 
 
 @pytest.mark.parametrize(
