@@ -213,6 +213,8 @@ def _worker_env(
         env.append(_env("SIP_WORKER_OUTBOUND_PROXY", spec.outbound_proxy))
     if not spec.register:
         env.append(_env("SIP_WORKER_NO_REGISTER", "true"))
+    if spec.trusted_sources:
+        env.append(_env("SIP_WORKER_TRUSTED_SOURCES", ",".join(spec.trusted_sources)))
     if settings.redis_password_secret:
         ref = settings.redis_password_secret
         env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))

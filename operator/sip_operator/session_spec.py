@@ -6,6 +6,7 @@ relies on, so an object admitted without the schema (or an older one) fails clea
 
 import functools
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ DEFAULT_DRAIN_TIMEOUT = 3600  # seconds (the CRD's default, "1h")
 DEFAULT_KEEPALIVE_INTERVAL = 15
 MAX_KEEPALIVE_INTERVAL = 3600
 MAX_STUN_SERVERS = 8
+MAX_TRUSTED_SOURCES = 64
 TRANSPORTS = ("udp", "tcp")
 # Fields added after the first release, with their defaults: at the default they leave the
 # fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
@@ -39,6 +41,7 @@ _LATER_FIELDS: dict[str, object] = {
     "stun_servers": (),
     "keepalive_interval": DEFAULT_KEEPALIVE_INTERVAL,
     "public_address": None,
+    "trusted_sources": (),
 }
 # host[:port] of a STUN server: a DNS name, an IPv4 address or a bracketed IPv6 one.
 _HOST_PORT = re.compile(
@@ -78,6 +81,7 @@ class SessionSpec:
     stun_servers: tuple[str, ...] = ()
     keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
     public_address: str | None = None
+    trusted_sources: tuple[str, ...] = ()  # CIDRs the worker takes calls from besides its peers
     image: str | None = None
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
@@ -158,6 +162,19 @@ def _stun_servers(sip: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(servers)
 
 
+def _trusted_sources(sip: Mapping[str, Any]) -> tuple[str, ...]:
+    sources = sip.get("trustedSources") or []
+    where = "spec.sip.trustedSources"
+    if not isinstance(sources, list) or len(sources) > MAX_TRUSTED_SOURCES:
+        raise SpecError(f"{where} must be a list of at most {MAX_TRUSTED_SOURCES} CIDRs")
+    for source in sources:
+        try:
+            ipaddress.ip_network(source)
+        except (TypeError, ValueError):
+            raise SpecError(f"{where}: {source!r} is not a CIDR such as 203.0.113.0/24") from None
+    return tuple(sources)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     """The typed spec; raises SpecError for anything the worker could not run with."""
     account = _mapping(spec.get("account"), "spec.account")
@@ -198,6 +215,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         stun_servers=_stun_servers(sip),
         keepalive_interval=keepalive_interval,
         public_address=public_address,
+        trusted_sources=_trusted_sources(sip),
         image=_string(worker, "image", "spec.worker"),
         resources=dict(_mapping(worker.get("resources"), "spec.worker.resources")) or None,
         node_selector=dict(_mapping(worker.get("nodeSelector"), "spec.worker.nodeSelector"))

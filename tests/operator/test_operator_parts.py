@@ -14,7 +14,7 @@ from sip_operator import handlers, phase
 from sip_operator.main import kopf_settings, parse_args
 from sip_operator.phase import Observation, PodState, WorkerStatus
 from sip_operator.pod_builder import SessionRef, build_pod, child_names, session_label
-from sip_operator.session_spec import SpecError, parse_duration, parse_spec
+from sip_operator.session_spec import SessionSpec, SpecError, parse_duration, parse_spec
 from sip_operator.settings import OperatorSettings, SettingsError, load_settings
 from sip_operator.status_mirror import StatusMirror
 from tests.support.operator_harness import OPERATOR_BIN, sip_status_entry, stream_key
@@ -79,6 +79,27 @@ NAT_VARIABLES = (
     "SIP_WORKER_STUN_SERVERS",
     "SIP_WORKER_PUBLIC_ADDRESS",
 )
+
+
+def test_trusted_sources_reach_the_worker_as_its_env_var() -> None:
+    account = {"name": "a@pbx", "passwordSecretRef": {"name": "s", "key": "k"}}
+    trusting = parse_spec(
+        {"account": account, "sip": {"trustedSources": ["203.0.113.0/24", "2001:db8::/32"]}}
+    )
+    plain = parse_spec({"account": account})
+
+    def env_of(spec: SessionSpec) -> dict[str, object]:
+        pod = build_pod(SessionRef("ns", "a", "uid-1"), spec, OperatorSettings(), generation=1)
+        (container,) = pod["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env_of(trusting)["SIP_WORKER_TRUSTED_SOURCES"] == "203.0.113.0/24,2001:db8::/32"
+    assert "SIP_WORKER_TRUSTED_SOURCES" not in env_of(plain)
+    assert parse_spec({"account": account, "sip": {"trustedSources": []}}).fingerprint == (
+        plain.fingerprint
+    )
+    with pytest.raises(SpecError, match=r"'10\.0\.0\.1/8' is not a CIDR"):
+        parse_spec({"account": account, "sip": {"trustedSources": ["10.0.0.1/8"]}})
 
 
 @pytest.mark.parametrize(

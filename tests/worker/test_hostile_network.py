@@ -43,13 +43,15 @@ CALL_ENDED = [
 
 
 class RawPeer:
-    """A UDP socket on 127.0.0.1 that sends hand-made SIP to the worker and reads its answers."""
+    """A UDP socket on `host` (127.0.0.1 unless told) that sends hand-made SIP to the worker and
+    reads its answers."""
 
-    def __init__(self, worker_port: int) -> None:
+    def __init__(self, worker_port: int, host: str = "127.0.0.1") -> None:
         self.worker_port = worker_port
+        self.host = host
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.port: int = self.sock.getsockname()[1]
 
     def close(self) -> None:
@@ -72,14 +74,15 @@ class RawPeer:
         content_length: bytes | None = None,
     ) -> bytes:
         """A request from this peer to the worker; `omit` drops headers, `extra` adds lines."""
+        via_branch = branch or uuid.uuid4().hex
         headers = {
-            "Via": f"SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{branch or uuid.uuid4().hex}",
-            "From": f"<sip:hostile@127.0.0.1:{self.port}>;tag=h{self.port}",
+            "Via": f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{via_branch}",
+            "From": f"<sip:hostile@{self.host}:{self.port}>;tag=h{self.port}",
             "To": f"<sip:alice@127.0.0.1:{self.worker_port}>"
             + (f";tag={to_tag}" if to_tag else ""),
             "Call-ID": call_id or uuid.uuid4().hex,
             "CSeq": f"{cseq} {method}",
-            "Contact": f"<sip:hostile@127.0.0.1:{self.port}>",
+            "Contact": f"<sip:hostile@{self.host}:{self.port}>",
             "Max-Forwards": "70",
         }
         lines = [f"{method} sip:alice@127.0.0.1:{self.worker_port} SIP/2.0".encode()]

@@ -1,5 +1,6 @@
 """The sip-worker process's configuration: --help, env vars, bad values, secrets out of sight."""
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -141,6 +142,21 @@ BAD_CONFIGS = {
         {"SIP_WORKER_STUN_SERVERS": "stun.example.com,,stun2.example.com"},
         "SIP_WORKER_STUN_SERVERS='stun.example.com,,stun2.example.com': '' is not host[:port]",
     ),
+    "trusted source not a CIDR": (
+        ["--trusted-source", "203.0.113.0/24", "--trusted-source", "pbx.example.com"],
+        {},
+        "'pbx.example.com' is not a CIDR such as 203.0.113.0/24",
+    ),
+    "trusted source with host bits set": (
+        [],
+        {"SIP_WORKER_TRUSTED_SOURCES": "203.0.113.5/24"},
+        "SIP_WORKER_TRUSTED_SOURCES='203.0.113.5/24': '203.0.113.5/24' is not a CIDR",
+    ),
+    "user agent with a line break": (
+        [],
+        {"SIP_WORKER_USER_AGENT": "pbx\r\nX-Injected: 1"},
+        "must be 1 to 128 printable ASCII characters",
+    ),
     "keep-alive beyond an hour": (
         ["--keepalive-interval", "86400"],
         {},
@@ -267,6 +283,22 @@ def test_stun_servers_repeat_as_flags_or_come_comma_separated_in_their_env_var()
     assert parse_config(base, {}).stun_servers == ()
     assert parse_config(base, {}).keepalive_interval == 15
     assert parse_config(base, {"SIP_WORKER_KEEPALIVE_INTERVAL": "0"}).keepalive_interval == 0
+
+
+def test_trusted_sources_repeat_as_flags_or_come_comma_separated_in_their_env_var() -> None:
+    base = ["--redis-url", "redis://127.0.0.1:6379/0"]
+    flags = [*base, "--trusted-source", "203.0.113.0/24", "--trusted-source", "2001:db8::/32"]
+    env = {"SIP_WORKER_TRUSTED_SOURCES": " 198.51.100.7 , 10.0.0.0/8 "}
+    assert parse_config(flags, env).trusted_sources == (
+        ipaddress.ip_network("203.0.113.0/24"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert parse_config(base, env).trusted_sources == (
+        ipaddress.ip_network("198.51.100.7/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+    assert parse_config(base, {}).trusted_sources == ()
+    assert parse_config(base, {}).user_agent == "sip-worker"
 
 
 SECRET = "Pw-7Qz!unique-9f3e"

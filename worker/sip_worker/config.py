@@ -7,6 +7,7 @@ environment variable SIP_WORKER_PASSWORD or from `--password-file`, the API toke
 """
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ PASSWORD_ENV = "SIP_WORKER_PASSWORD"
 TRANSPORTS = ("udp", "tcp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+DEFAULT_USER_AGENT = "sip-worker"
+MAX_USER_AGENT_LENGTH = 128
 
 
 class ConfigError(Exception):
@@ -43,6 +46,8 @@ class WorkerConfig:
     password_file: Path | None = None
     auth_username: str | None = None
     outbound_proxy: str | None = None
+    trusted_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    user_agent: str = DEFAULT_USER_AGENT
     no_register: bool = False
     auto_answer_interval: int = 1
     start_session: bool = False
@@ -146,6 +151,30 @@ def _host_ports(text: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (IPv4 or IPv6; a bare address is one host); empty text is none."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as error:
+            raise ValueError(f"{item!r} is not a CIDR such as 203.0.113.0/24 ({error})") from None
+    return tuple(networks)
+
+
+_USER_AGENT = re.compile(r"[\x20-\x7e]+")
+
+
+def _user_agent(text: str) -> str:
+    """What User-Agent says: printable ASCII (a CR or LF would inject SIP headers)."""
+    value = text.strip()
+    if not _USER_AGENT.fullmatch(value) or len(value) > MAX_USER_AGENT_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_USER_AGENT_LENGTH} printable ASCII characters")
+    return value
+
+
 def _file(text: str) -> Path:
     return Path(_text(text))
 
@@ -245,6 +274,22 @@ SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("auth_username", _text, "digest user name if it differs from the account's", "USER"),
     _Setting("outbound_proxy", _text, "SIP URI of an outbound proxy", "URI"),
+    _Setting(
+        "trusted_sources",
+        _networks,
+        "network (repeatable) whose INVITEs and SUBSCRIBEs are taken besides those from the "
+        "addresses the account's registrar (or host) and the outbound proxy resolve to; every "
+        "other source gets 403 and changes nothing",
+        "CIDR",
+        default_text="none",
+        repeatable=True,
+    ),
+    _Setting(
+        "user_agent",
+        _user_agent,
+        "User-Agent of every request and OPTIONS answer (no SIP stack or version by default)",
+        "TEXT",
+    ),
     _Setting(
         "no_register",
         _boolean,

@@ -55,13 +55,17 @@ class EchoLine:
         owner.on_stop = self._let_go
 
     @owner_thread
-    def incoming_call(self, account: SipAccount, call_id: int, message: str) -> None:
+    def incoming_call(self, account: SipAccount, call_id: int, message: str, source: str) -> None:
+        # Any source: the echo line is a local peer on 127.0.0.1 for `make run`.
         call = SipCall(self, account, call_id)
         self._calls.append(call)
         try:
             call.answer(answer_parameters(200))
         except pj.Error as error:
             log.warning("could not answer a call: %s", error.reason)
+
+    def subscription_admitted(self, account: SipAccount, source: str) -> bool:
+        return True  # as PJSUA does: the echo line is a local peer
 
     @owner_thread
     def call_media_changed(self, call: SipCall) -> None:

@@ -2,9 +2,11 @@
 
 Call and registration metrics are derived from the statuses themselves: `MetricsHistory` wraps
 the session's `StatusHistory` and observes every status appended, so the phone needs no metrics
-calls and the metrics can never disagree with the history. RPC latency comes from a server
-interceptor. One worker process is one session, so the process-wide default registry is used
-(it also carries the standard process_* metrics: memory, CPU, open fds).
+calls and the metrics can never disagree with the history. Requests refused for their source
+leave no status, so the phone counts those itself (`count_untrusted_request`). RPC latency
+comes from a server interceptor. One worker process is one session, so the process-wide
+default registry is used (it also carries the standard process_* metrics: memory, CPU, open
+fds).
 """
 
 import threading
@@ -41,6 +43,15 @@ RPC_DURATION = Histogram(
     ["service", "method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+UNTRUSTED_REQUESTS = Counter(
+    "sip_worker_untrusted_requests",
+    "Requests refused without a trace in the history because of where they came from, by "
+    "method and reason (untrusted_source: not the account's registrar or host, not the "
+    "outbound proxy, not a --trusted-source)",
+    ["method", "reason"],
+)
+UNTRUSTED_METHODS = ("INVITE", "SUBSCRIBE")
+UNTRUSTED_REASONS = ("untrusted_source",)
 HISTORY_BUFFER_DEPTH = Gauge(
     "sip_worker_history_buffer_depth",
     "Statuses held in memory because the history store (Redis) is unreachable",
@@ -59,6 +70,14 @@ for _direction in Direction:
     for _outcome in ("connected", "failed"):
         CALLS.labels(_direction.value, _outcome)
     CALL_DURATION.labels(_direction.value)
+for _method in UNTRUSTED_METHODS:
+    for _reason in UNTRUSTED_REASONS:
+        UNTRUSTED_REQUESTS.labels(_method, _reason)
+
+
+def count_untrusted_request(method: str, reason: str) -> None:
+    """Counts one request refused for its source (the phone's owner thread calls it)."""
+    UNTRUSTED_REQUESTS.labels(method, reason).inc()
 
 
 def watch_history_buffer(depth: Callable[[], int]) -> None:

@@ -73,7 +73,10 @@ class AccountEvents(Protocol):
     def registration_changed(
         self, account: "SipAccount", code: int, reason: str, expiration: int
     ) -> None: ...
-    def incoming_call(self, account: "SipAccount", call_id: int, message: str) -> None: ...
+    def incoming_call(
+        self, account: "SipAccount", call_id: int, message: str, source: str
+    ) -> None: ...
+    def subscription_admitted(self, account: "SipAccount", source: str) -> bool: ...
 
 
 class SipAccount(pj.Account):  # type: ignore[misc]
@@ -87,7 +90,17 @@ class SipAccount(pj.Account):  # type: ignore[misc]
 
     @_callback
     def onIncomingCall(self, prm: Any) -> None:
-        self.events.incoming_call(self, int(prm.callId), str(prm.rdata.wholeMsg))
+        # srcAddress: where the packet came from (`ip:port`), whatever its headers claim.
+        self.events.incoming_call(
+            self, int(prm.callId), str(prm.rdata.wholeMsg), str(prm.rdata.srcAddress)
+        )
+
+    @_callback
+    def onIncomingSubscribe(self, prm: Any) -> None:
+        # PJSUA would accept any presence SUBSCRIBE (200, then NOTIFYs to whoever asked).
+        if not self.events.subscription_admitted(self, str(prm.rdata.srcAddress)):
+            prm.code = 403
+            prm.reason = "Forbidden"
 
 
 class CallEvents(Protocol):

@@ -17,7 +17,6 @@ from sip_worker.phone.threads import owner_thread
 log = logging.getLogger(__name__)
 pjsip_log = logging.getLogger("sip_worker.pjsip")
 
-USER_AGENT = "sip-worker"
 # Preferred codecs first; the others waste CPU (speex) or are rarely offered.
 CODEC_PRIORITIES = (
     ("PCMU/8000", 255),
@@ -76,7 +75,9 @@ def _start(library: Any, log_writer: LogWriter, settings: PhoneSettings) -> Endp
     config = pj.EpConfig()
     config.uaConfig.threadCnt = 0
     config.uaConfig.mainThreadOnly = True
-    config.uaConfig.userAgent = USER_AGENT
+    # PJSUA puts it on requests and OPTIONS answers (it sends no Server header); its default
+    # would name the stack and its version to every scanner.
+    config.uaConfig.userAgent = settings.user_agent
     debug = pjsip_log.isEnabledFor(logging.DEBUG)
     config.logConfig.writer = log_writer
     config.logConfig.level = 4 if debug else 2

@@ -26,6 +26,7 @@ from sip_worker.phone.owner import PjOwner, pending_future
 from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.statuses import StatusRecorder
 from sip_worker.phone.threads import owner_thread
+from sip_worker.phone.trusted_sources import Address, resolve, uri_host
 from sip_worker.validation import AccountName
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,22 @@ class _Pending:
 
 
 class RegistrationListener(Protocol):
-    def incoming_call(self, sip: SipAccount, call_id: int, message: str) -> None: ...
+    def incoming_call(self, sip: SipAccount, call_id: int, message: str, source: str) -> None: ...
+    def subscription_admitted(self, source: str) -> bool: ...
     def account_registered(self) -> None: ...
 
 
 class Account:
     """One PJSUA2 account object and its registration state."""
 
-    def __init__(self, sip: SipAccount, name: AccountName, registers: bool) -> None:
+    def __init__(
+        self, sip: SipAccount, name: AccountName, registers: bool, peers: frozenset[Address]
+    ) -> None:
         self.sip = sip
         self.name = name
         self.registers = registers  # False: it has no registrar and never sends REGISTER
+        # Where its SIP server and outbound proxy send from: the sources it trusts.
+        self.peers = peers
         # The registrar holds its binding; without a registrar: from RegisterAccount until
         # EndSession (the API's registration, with nothing sent).
         self.registered = False
@@ -112,7 +118,9 @@ class Registration:
         the registrar's answer, or at once without a registrar. The checks of the session and
         call state come first."""
         previous = self.current
-        account = Account(SipAccount(self), name, registers=not self._settings.no_register)
+        account = Account(
+            SipAccount(self), name, not self._settings.no_register, self._peers_of(name)
+        )
         try:
             account.sip.create(self._account_config(account, password), True)
         except pj.Error as error:
@@ -141,6 +149,15 @@ class Registration:
         # Calls wait until the answer is in: the account they would use may be replaced.
         self._registering = account
         return self._await_answer(account, True, on_answer)
+
+    def _peers_of(self, name: AccountName) -> frozenset[Address]:
+        """The addresses of the account's registrar (without one: its host, where calls go)
+        and of the outbound proxy."""
+        hosts = [name.host]
+        proxy = self._settings.outbound_proxy
+        if proxy and (proxy_host := uri_host(proxy)) is not None:
+            hosts.append(proxy_host)
+        return resolve(hosts)
 
     def _make_current(self, account: Account, previous: Account | None) -> None:
         if previous is not None and previous is not account:
@@ -190,8 +207,12 @@ class Registration:
         return None  # one being deleted: nothing waits for it any more
 
     @owner_thread
-    def incoming_call(self, sip: SipAccount, call_id: int, message: str) -> None:
-        self.listener.incoming_call(sip, call_id, message)
+    def incoming_call(self, sip: SipAccount, call_id: int, message: str, source: str) -> None:
+        self.listener.incoming_call(sip, call_id, message, source)
+
+    @owner_thread
+    def subscription_admitted(self, sip: SipAccount, source: str) -> bool:
+        return self.listener.subscription_admitted(source)
 
     @owner_thread
     def registration_changed(

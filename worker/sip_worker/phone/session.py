@@ -7,6 +7,12 @@ an RTP and an RTCP socket for every INVITE it gives a slot; refusing at once wou
 through to media set-up and exhaust PJSIP's 64 socket slots (closed sockets free theirs only
 after 500 ms), which aborts the process. Held call slots cap that: while all four are taken,
 PJSUA answers 486 itself and opens nothing.
+
+An INVITE from an untrusted source (see `trusted_sources`) is refused with 403 before anything
+else is looked at: no status, no ringing, no media. PJSUA has by then taken a call slot, opened
+the RTP and RTCP sockets and sent 100 Trying (all before the application hears of an INVITE);
+the 403 keeps that slot for REJECT_DELAY_S like every refusal, so a scanner's flood cannot
+exhaust the sockets either.
 """
 
 import functools
@@ -22,6 +28,7 @@ from sip_contract.status import CallStep, Direction
 from sip_worker.errors import InvalidArgument, PhoneError, Unreachable, WrongState
 from sip_worker.history import StatusHistory
 from sip_worker.incoming_headers import address_of, body_is_truncated, caller_uri, custom_headers
+from sip_worker.metrics import count_untrusted_request
 from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipAccount, SipCall, answer_parameters
 from sip_worker.phone.call import ActiveCall, CallAction, CallServices
@@ -33,6 +40,7 @@ from sip_worker.phone.registration import Registration
 from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.statuses import CallIdentity, StatusRecorder
 from sip_worker.phone.threads import owner_thread
+from sip_worker.phone.trusted_sources import TrustedSources
 from sip_worker.validation import AccountName, target_uri
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,7 @@ class Session:
         self._refusing: list[SipCall] = []  # refused calls awaiting their final answer
         self._serials = itertools.count(1)
         self._ports = PortPool()
+        self._trusted = TrustedSources(settings.trusted_sources)
         self._services = CallServices(
             owner, self.recorder, self._later, self._post, self._ports, settings.media_timeout
         )
@@ -197,10 +206,12 @@ class Session:
         call.dial(uri, headers)
 
     @owner_thread
-    def incoming_call(self, account: SipAccount, call_id: int, message: str) -> None:
+    def incoming_call(self, account: SipAccount, call_id: int, message: str, source: str) -> None:
         current = self.registration.current
         refusal = 0
-        if body_is_truncated(message):
+        if not self._admits("INVITE", source):
+            refusal = 403
+        elif body_is_truncated(message):
             refusal = 400
         elif self._closed:
             refusal = 503
@@ -232,6 +243,20 @@ class Session:
             self._later(REJECT_DELAY_S, call.serial, functools.partial(ActiveCall.refuse, code=486))
             return
         call.ring(interval)
+
+    @owner_thread
+    def subscription_admitted(self, source: str) -> bool:
+        return self._admits("SUBSCRIBE", source)
+
+    def _admits(self, method: str, source: str) -> bool:
+        """Whether `source` may start something; counts it if not."""
+        current = self.registration.current
+        peers = current.peers if current is not None else frozenset()
+        if self._trusted.admits(source, peers):
+            return True
+        log.debug("%s from the untrusted source %s: 403", method, source)
+        count_untrusted_request(method, "untrusted_source")
+        return False
 
     @owner_thread
     def end_call(self, hard: bool) -> None:

@@ -1,5 +1,6 @@
 """What the phone is configured with: the worker's configuration provides it as it is."""
 
+from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 
@@ -26,6 +27,10 @@ class PhoneSettings(Protocol):
     def auth_username(self) -> str | None: ...  # digest user if it differs from the account's
     @property
     def outbound_proxy(self) -> str | None: ...  # SIP URI of an outbound proxy
+    @property
+    def trusted_sources(self) -> tuple[IPv4Network | IPv6Network, ...]: ...  # besides the peers
+    @property
+    def user_agent(self) -> str: ...  # User-Agent text, naming no stack or version
     @property
     def no_register(self) -> bool: ...  # accounts send no REGISTER (trunks that trust our address)
     @property
