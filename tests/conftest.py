@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.kamailio import kamailio
 from tests.support.redis_cluster import RedisClusterOfThree
 from tests.support.redis_server import RedisServer
 from tests.support.sip_peers import registrar, sipp_factory
 
-__all__ = ["registrar", "sipp_factory"]  # fixtures shared with every area
+__all__ = ["kamailio", "registrar", "sipp_factory"]  # fixtures shared with every area
 
 
 @pytest.fixture()

@@ -183,7 +183,17 @@ def registered_message(observation: Observation) -> str:
         return f"the session is being deleted (last status {worker.type})"
     if pod is None or not pod.ready:
         return f"the worker pod is not ready (last status {worker.type})"
-    return f"last status {worker.type}"
+    # session_registration_failed carries the registrar's answer, e.g. "403 Forbidden".
+    return f"last status {worker.type}" + (f": {worker.description}" if worker.description else "")
+
+
+def _registered_reason(observation: Observation, registered: bool) -> str:
+    if registered:
+        return "Registered"
+    worker = observation.worker
+    if worker is not None and worker.type == "session_registration_failed":
+        return "RegistrationFailed"
+    return "NotRegistered"
 
 
 def now_timestamp() -> str:
@@ -266,7 +276,7 @@ def build_status(
             _condition(
                 "Registered",
                 registered,
-                "Registered" if registered else "NotRegistered",
+                _registered_reason(observation, registered),
                 registered_message(observation),
                 generation,
                 old_conditions,

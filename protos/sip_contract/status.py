@@ -58,7 +58,7 @@ def legacy_stream_key(session: str) -> str:
 class SessionState(enum.Enum):
     """What a status leaves the session in."""
 
-    NONE = "none"  # no session: the account is not registered or the session ended
+    NONE = "none"  # no session: the account is not registered (or lost it) or the session ended
     REGISTERED = "registered"  # registered, the session not (yet) open
     READY = "ready"  # the session is open: calls may come and go
 
@@ -116,6 +116,9 @@ MEANINGS: dict[StatusType, Meaning] = {
     _Type.outgoing_call_failed: Meaning(_READY, CallStep.FAILED, _OUT),
     _Type.incoming_call_finished: Meaning(_READY, CallStep.FINISHED, _IN),
     _Type.outgoing_call_finished: Meaning(_READY, CallStep.FINISHED, _OUT),
+    # The registrar refused or did not answer a REGISTER: not registered until `registered`
+    # follows (the worker keeps retrying).
+    _Type.session_registration_failed: Meaning(SessionState.NONE),
 }
 
 _CALL_TYPES: dict[tuple[CallStep, Direction], StatusType] = {

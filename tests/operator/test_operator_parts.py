@@ -308,6 +308,19 @@ def test_an_unknown_type_is_starting_and_registered() -> None:
             False,
             "last status no_session",
         ),
+        (
+            Observation(
+                pod=_pod(),
+                worker=WorkerStatus("session_registration_failed", description="403 Forbidden"),
+            ),
+            False,
+            "last status session_registration_failed: 403 Forbidden",
+        ),
+        (
+            Observation(pod=_pod(), worker=WorkerStatus("registered")),
+            True,
+            "last status registered",
+        ),
     ],
 )
 def test_the_registered_condition_says_why(
@@ -320,6 +333,21 @@ def test_the_registered_condition_says_why(
         "True" if registered else "False",
         message,
     )
+
+
+def test_a_failed_registration_is_the_registered_condition_s_reason() -> None:
+    common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
+    reasons = []
+    for worker in (
+        WorkerStatus("session_registration_failed", description="408 Request Timeout"),
+        WorkerStatus("registered"),
+    ):
+        status = phase.build_status(
+            Observation(pod=_pod(), worker=worker), previous={}, now="T1", **common
+        )
+        condition = next(c for c in status["conditions"] if c["type"] == "Registered")
+        reasons.append((condition["status"], condition["reason"]))
+    assert reasons == [("False", "RegistrationFailed"), ("True", "Registered")]
 
 
 def test_conditions_keep_their_transition_time_while_unchanged() -> None:

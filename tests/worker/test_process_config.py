@@ -40,6 +40,8 @@ FLAGS = [
     "--auth-username",
     "--outbound-proxy",
     "--no-register",
+    "--register-expiry",
+    "--register-retry-max",
     "--auto-answer-interval",
     "--start-session",
     "--auth-token-file",
@@ -108,6 +110,16 @@ BAD_CONFIGS = {
         [],
         {"SIP_WORKER_DRAIN_TIMEOUT": "-1"},
         "SIP_WORKER_DRAIN_TIMEOUT='-1': must be 0 or a positive number of seconds",
+    ),
+    "retry max below 1 s": (
+        ["--register-retry-max", "0.5"],
+        {},
+        "--register-retry-max='0.5': must be a number of seconds between 1 and 3600",
+    ),
+    "expiry too short": (
+        [],
+        {"SIP_WORKER_REGISTER_EXPIRY": "5"},
+        "SIP_WORKER_REGISTER_EXPIRY='5': must be an integer >= 10",
     ),
     "negative media timeout": (
         ["--media-timeout", "-5"],

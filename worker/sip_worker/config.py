@@ -49,6 +49,8 @@ class WorkerConfig:
     trusted_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
     no_register: bool = False
+    register_expiry: int = 300
+    register_retry_max: float = 60.0
     auto_answer_interval: int = 1
     start_session: bool = False
     auth_token_file: Path | None = None
@@ -108,6 +110,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _retry_max(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 3600:
+        raise ValueError("must be a number of seconds between 1 and 3600")
     return value
 
 
@@ -296,6 +305,21 @@ SETTINGS: tuple[_Setting, ...] = (
         "send no REGISTER: the account is usable at once, calls go to its host (or the outbound "
         "proxy), the password is optional (for trunks that authenticate by source address)",
         is_switch=True,
+    ),
+    _Setting(
+        "register_expiry",
+        _count(10, 86400),
+        "registration expiry asked for in REGISTER, in seconds; the refresh goes out a quarter "
+        "of it before the granted binding expires (at 225 s with 300), which also gives a "
+        "registrar that restarted and forgot the binding its binding back",
+        "SECONDS",
+    ),
+    _Setting(
+        "register_retry_max",
+        _retry_max,
+        "longest wait in seconds between REGISTER attempts after a refused or unanswered one "
+        "(from 1 s, doubling, +-20 %% jitter); the worker never gives up",
+        "SECONDS",
     ),
     _Setting(
         "auto_answer_interval",

@@ -1,8 +1,11 @@
 """`sip-worker`: one SIP user agent serving ondewo.sip.Sip over gRPC until SIGTERM/SIGINT.
 
 Exit codes: 0 after a clean shutdown, 1 when the worker could not come up (SIP transport,
-gRPC port, boot registration), 2 for bad configuration. Nothing is served before the
-configuration has been checked.
+gRPC port, a boot account the phone refuses), 2 for bad configuration. Nothing is served
+before the configuration has been checked. A registrar that refuses or does not answer at
+boot is no reason to exit: the worker stays up, NOT_SERVING, and REGISTERs again with
+back-off until it is accepted (a crash loop would only add the kubelet's back-off to the
+registrar's outage).
 """
 
 import contextlib
@@ -25,10 +28,11 @@ from sip_worker.config import (
     read_password,
 )
 from sip_worker.drain import Drain
-from sip_worker.errors import PhoneError
+from sip_worker.errors import InvalidArgument, PhoneError
 from sip_worker.history import StatusHistory
 from sip_worker.logging_setup import configure_logging
 from sip_worker.phone import Phone
+from sip_worker.phone.registration_retry import RetryBackoff
 from sip_worker.redis_connection import PASSWORD_ENV as REDIS_PASSWORD_ENV
 from sip_worker.redis_history import HistoryConfigError, RedisHistory, open_history
 from sip_worker.server import ServerError, WorkerServer
@@ -61,8 +65,9 @@ class _Stop:
             self.exit_code = exit_code
             self._event.set()
 
-    def wait(self) -> None:
-        self._event.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once a stop is requested; False when `timeout` seconds passed first."""
+        return self._event.wait(timeout)
 
     def is_requested(self) -> bool:
         return self._event.is_set()
@@ -105,13 +110,32 @@ def _exit(code: int) -> None:
 def _start_boot_session(
     config: WorkerConfig, password: str, phone: Phone, server: WorkerServer, stop: _Stop
 ) -> None:
-    """Registers --account (with --no-register: without a REGISTER) and starts the session
-    off the main thread, so that a signal during a slow REGISTER is still handled at once."""
+    """Registers --account (with --no-register: without a REGISTER), trying again with
+    back-off while the registrar refuses or does not answer, and starts the session; off the
+    main thread, so that a signal during a slow REGISTER is still handled at once."""
     account = config.account or ""
+
+    def register() -> bool:
+        """True once registered; False when a stop came first."""
+        backoff = RetryBackoff(config.register_retry_max)
+        while True:
+            try:
+                phone.register_account(account, password, record_failure=True)
+                return True
+            except InvalidArgument:
+                raise
+            except PhoneError as error:
+                delay = backoff.next_delay()
+                logger.warning(
+                    "could not register %s: %s; trying again in %.1f s", account, error, delay
+                )
+            if stop.wait(delay):
+                return False
 
     def run() -> None:
         try:
-            phone.register_account(account, password)
+            if not register():
+                return
             phone.start_session(account, config.auto_answer_interval)
         except PhoneError as error:
             logger.error("could not start the session of %s: %s", account, error)

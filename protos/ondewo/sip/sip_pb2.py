@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ondewo/sip/sip.proto\x12\nondewo.sip\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x0e\x45ndCallRequest\x12\x13\n\x0bhard_hangup\x18\x01 \x01(\x08\"(\n\x13PlayWavFilesRequest\x12\x11\n\twav_files\x18\x01 \x03(\x0c\"@\n\x16RegisterAccountRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xfb\x05\n\tSipStatus\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0bstatus_type\x18\x03 \x01(\x0e\x32 .ondewo.sip.SipStatus.StatusType\x12\x11\n\tcallee_id\x18\x04 \x01(\t\x12\x18\n\x10transfer_call_id\x18\x05 \x01(\t\x12\x33\n\x07headers\x18\x06 \x03(\x0b\x32\".ondewo.sip.SipStatus.HeadersEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x16\n\x0e\x65xception_name\x18\x08 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x0c \x01(\t\x12\x1a\n\x12\x63\x61ll_audio_streams\x18\x0f \x01(\x05\x12\x19\n\x11sip_response_code\x18\x10 \x01(\x05\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xea\x02\n\nStatusType\x12\x0e\n\nno_session\x10\x00\x12\x0e\n\nregistered\x10\x01\x12\t\n\x05ready\x10\x02\x12\x1b\n\x17incoming_call_initiated\x10\x03\x12\x1b\n\x17outgoing_call_initiated\x10\x04\x12\x1b\n\x17outgoing_call_connected\x10\x05\x12\x1b\n\x17incoming_call_connected\x10\x06\x12\x1b\n\x17transfer_call_initiated\x10\x07\x12\x19\n\x15soft_hangup_initiated\x10\x08\x12\x19\n\x15hard_hangup_initiated\x10\t\x12\x18\n\x14incoming_call_failed\x10\n\x12\x18\n\x14outgoing_call_failed\x10\x0b\x12\x1a\n\x16incoming_call_finished\x10\x0c\x12\x1a\n\x16outgoing_call_finished\x10\r\"I\n\x18SipStatusHistoryResponse\x12-\n\x0estatus_history\x18\x01 \x03(\x0b\x32\x15.ondewo.sip.SipStatus\"\x91\x01\n\x10StartCallRequest\x12\x11\n\tcallee_id\x18\x01 \x01(\t\x12:\n\x07headers\x18\x02 \x03(\x0b\x32).ondewo.sip.StartCallRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x13StartSessionRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x1c\n\x14\x61uto_answer_interval\x18\x02 \x01(\x05\"\x99\x01\n\x13TransferCallRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12=\n\x07headers\x18\x02 \x03(\x0b\x32,.ondewo.sip.TransferCallRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x12SipCallAudioConfig\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.ondewo.sip.SipCallAudioMode\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\x05\x12\x11\n\ttake_over\x18\x04 \x01(\x08\x12\x11\n\tstream_id\x18\x05 \x01(\t\x12\x16\n\x0emax_duration_s\x18\x06 \x01(\x05\"8\n\x11SipCallAudioFrame\x12\x11\n\tpcm_s16le\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xba\x01\n\x13SipCallAudioRequest\x12\x30\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.ondewo.sip.SipCallAudioConfigH\x00\x12.\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioFrameH\x00\x12\x15\n\x0b\x61gent_muted\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05\x63lear\x18\x64 \x01(\x08H\x00\x12\x0e\n\x04mark\x18\x65 \x01(\tH\x00\x42\t\n\x07request\"~\n\x13SipCallAudioStarted\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\x05\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.ondewo.sip.SipCallAudioMode\"\x86\x01\n\x11SipCallAudioStats\x12\x13\n\x0b\x66rames_sent\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x03 \x01(\x04\x12\x11\n\tunderruns\x18\x04 \x01(\x04\x12\x18\n\x10\x66rames_discarded\x18\x05 \x01(\x04\"V\n\x11SipCallAudioEnded\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32!.ondewo.sip.SipCallAudioEndReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"6\n\x10SipCallAudioDtmf\x12\r\n\x05\x64igit\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\r\" \n\x10SipCallAudioMark\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc2\x02\n\x14SipCallAudioResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.ondewo.sip.SipCallAudioStartedH\x00\x12.\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioFrameH\x00\x12.\n\x05stats\x18\x03 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioStatsH\x00\x12.\n\x05\x65nded\x18\x04 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioEndedH\x00\x12,\n\x04\x64tmf\x18\x64 \x01(\x0b\x32\x1c.ondewo.sip.SipCallAudioDtmfH\x00\x12,\n\x04mark\x18\x65 \x01(\x0b\x32\x1c.ondewo.sip.SipCallAudioMarkH\x00\x42\n\n\x08response\"^\n\x0fSendDtmfRequest\x12\x0e\n\x06\x64igits\x18\x01 \x01(\t\x12&\n\x06method\x18\x02 \x01(\x0e\x32\x16.ondewo.sip.DtmfMethod\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\r*u\n\x10SipCallAudioMode\x12#\n\x1fSIP_CALL_AUDIO_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSIP_CALL_AUDIO_MODE_LISTEN\x10\x01\x12\x1c\n\x18SIP_CALL_AUDIO_MODE_TALK\x10\x02*\xc4\x02\n\x15SipCallAudioEndReason\x12)\n%SIP_CALL_AUDIO_END_REASON_UNSPECIFIED\x10\x00\x12+\n\'SIP_CALL_AUDIO_END_REASON_CLIENT_CLOSED\x10\x01\x12(\n$SIP_CALL_AUDIO_END_REASON_CALL_ENDED\x10\x02\x12.\n*SIP_CALL_AUDIO_END_REASON_CALL_TRANSFERRED\x10\x03\x12*\n&SIP_CALL_AUDIO_END_REASON_MAX_DURATION\x10\x04\x12%\n!SIP_CALL_AUDIO_END_REASON_STALLED\x10\x05\x12&\n\"SIP_CALL_AUDIO_END_REASON_INTERNAL\x10\x06*?\n\nDtmfMethod\x12\x17\n\x13\x44TMF_METHOD_RFC4733\x10\x00\x12\x18\n\x14\x44TMF_METHOD_SIP_INFO\x10\x01\x32\xad\x07\n\x03Sip\x12I\n\x0cStartSession\x12\x1f.ondewo.sip.StartSessionRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n\nEndSession\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12\x43\n\tStartCall\x12\x1c.ondewo.sip.StartCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12?\n\x07\x45ndCall\x12\x1a.ondewo.sip.EndCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12I\n\x0cTransferCall\x12\x1f.ondewo.sip.TransferCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12O\n\x0fRegisterAccount\x12\".ondewo.sip.RegisterAccountRequest\x1a\x16.google.protobuf.Empty\"\x00\x12?\n\x0cGetSipStatus\x12\x16.google.protobuf.Empty\x1a\x15.ondewo.sip.SipStatus\"\x00\x12U\n\x13GetSipStatusHistory\x12\x16.google.protobuf.Empty\x1a$.ondewo.sip.SipStatusHistoryResponse\"\x00\x12I\n\x0cPlayWavFiles\x12\x1f.ondewo.sip.PlayWavFilesRequest\x1a\x16.google.protobuf.Empty\"\x00\x12\x38\n\x04Mute\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12:\n\x06UnMute\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12]\n\x12SipStreamCallAudio\x12\x1f.ondewo.sip.SipCallAudioRequest\x1a .ondewo.sip.SipCallAudioResponse\"\x00(\x01\x30\x01\x12\x41\n\x08SendDtmf\x12\x1b.ondewo.sip.SendDtmfRequest\x1a\x16.google.protobuf.Empty\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ondewo/sip/sip.proto\x12\nondewo.sip\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x0e\x45ndCallRequest\x12\x13\n\x0bhard_hangup\x18\x01 \x01(\x08\"(\n\x13PlayWavFilesRequest\x12\x11\n\twav_files\x18\x01 \x03(\x0c\"@\n\x16RegisterAccountRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x9c\x06\n\tSipStatus\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0bstatus_type\x18\x03 \x01(\x0e\x32 .ondewo.sip.SipStatus.StatusType\x12\x11\n\tcallee_id\x18\x04 \x01(\t\x12\x18\n\x10transfer_call_id\x18\x05 \x01(\t\x12\x33\n\x07headers\x18\x06 \x03(\x0b\x32\".ondewo.sip.SipStatus.HeadersEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x16\n\x0e\x65xception_name\x18\x08 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x0c \x01(\t\x12\x1a\n\x12\x63\x61ll_audio_streams\x18\x0f \x01(\x05\x12\x19\n\x11sip_response_code\x18\x10 \x01(\x05\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x03\n\nStatusType\x12\x0e\n\nno_session\x10\x00\x12\x0e\n\nregistered\x10\x01\x12\t\n\x05ready\x10\x02\x12\x1b\n\x17incoming_call_initiated\x10\x03\x12\x1b\n\x17outgoing_call_initiated\x10\x04\x12\x1b\n\x17outgoing_call_connected\x10\x05\x12\x1b\n\x17incoming_call_connected\x10\x06\x12\x1b\n\x17transfer_call_initiated\x10\x07\x12\x19\n\x15soft_hangup_initiated\x10\x08\x12\x19\n\x15hard_hangup_initiated\x10\t\x12\x18\n\x14incoming_call_failed\x10\n\x12\x18\n\x14outgoing_call_failed\x10\x0b\x12\x1a\n\x16incoming_call_finished\x10\x0c\x12\x1a\n\x16outgoing_call_finished\x10\r\x12\x1f\n\x1bsession_registration_failed\x10\x0e\"I\n\x18SipStatusHistoryResponse\x12-\n\x0estatus_history\x18\x01 \x03(\x0b\x32\x15.ondewo.sip.SipStatus\"\x91\x01\n\x10StartCallRequest\x12\x11\n\tcallee_id\x18\x01 \x01(\t\x12:\n\x07headers\x18\x02 \x03(\x0b\x32).ondewo.sip.StartCallRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x13StartSessionRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x1c\n\x14\x61uto_answer_interval\x18\x02 \x01(\x05\"\x99\x01\n\x13TransferCallRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12=\n\x07headers\x18\x02 \x03(\x0b\x32,.ondewo.sip.TransferCallRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x12SipCallAudioConfig\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.ondewo.sip.SipCallAudioMode\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\x05\x12\x11\n\ttake_over\x18\x04 \x01(\x08\x12\x11\n\tstream_id\x18\x05 \x01(\t\x12\x16\n\x0emax_duration_s\x18\x06 \x01(\x05\"8\n\x11SipCallAudioFrame\x12\x11\n\tpcm_s16le\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xba\x01\n\x13SipCallAudioRequest\x12\x30\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.ondewo.sip.SipCallAudioConfigH\x00\x12.\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioFrameH\x00\x12\x15\n\x0b\x61gent_muted\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05\x63lear\x18\x64 \x01(\x08H\x00\x12\x0e\n\x04mark\x18\x65 \x01(\tH\x00\x42\t\n\x07request\"~\n\x13SipCallAudioStarted\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\x05\x12*\n\x04mode\x18\x04 \x01(\x0e\x32\x1c.ondewo.sip.SipCallAudioMode\"\x86\x01\n\x11SipCallAudioStats\x12\x13\n\x0b\x66rames_sent\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x03 \x01(\x04\x12\x11\n\tunderruns\x18\x04 \x01(\x04\x12\x18\n\x10\x66rames_discarded\x18\x05 \x01(\x04\"V\n\x11SipCallAudioEnded\x12\x31\n\x06reason\x18\x01 \x01(\x0e\x32!.ondewo.sip.SipCallAudioEndReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"6\n\x10SipCallAudioDtmf\x12\r\n\x05\x64igit\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\r\" \n\x10SipCallAudioMark\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc2\x02\n\x14SipCallAudioResponse\x12\x32\n\x07started\x18\x01 \x01(\x0b\x32\x1f.ondewo.sip.SipCallAudioStartedH\x00\x12.\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioFrameH\x00\x12.\n\x05stats\x18\x03 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioStatsH\x00\x12.\n\x05\x65nded\x18\x04 \x01(\x0b\x32\x1d.ondewo.sip.SipCallAudioEndedH\x00\x12,\n\x04\x64tmf\x18\x64 \x01(\x0b\x32\x1c.ondewo.sip.SipCallAudioDtmfH\x00\x12,\n\x04mark\x18\x65 \x01(\x0b\x32\x1c.ondewo.sip.SipCallAudioMarkH\x00\x42\n\n\x08response\"^\n\x0fSendDtmfRequest\x12\x0e\n\x06\x64igits\x18\x01 \x01(\t\x12&\n\x06method\x18\x02 \x01(\x0e\x32\x16.ondewo.sip.DtmfMethod\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\r*u\n\x10SipCallAudioMode\x12#\n\x1fSIP_CALL_AUDIO_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSIP_CALL_AUDIO_MODE_LISTEN\x10\x01\x12\x1c\n\x18SIP_CALL_AUDIO_MODE_TALK\x10\x02*\xc4\x02\n\x15SipCallAudioEndReason\x12)\n%SIP_CALL_AUDIO_END_REASON_UNSPECIFIED\x10\x00\x12+\n\'SIP_CALL_AUDIO_END_REASON_CLIENT_CLOSED\x10\x01\x12(\n$SIP_CALL_AUDIO_END_REASON_CALL_ENDED\x10\x02\x12.\n*SIP_CALL_AUDIO_END_REASON_CALL_TRANSFERRED\x10\x03\x12*\n&SIP_CALL_AUDIO_END_REASON_MAX_DURATION\x10\x04\x12%\n!SIP_CALL_AUDIO_END_REASON_STALLED\x10\x05\x12&\n\"SIP_CALL_AUDIO_END_REASON_INTERNAL\x10\x06*?\n\nDtmfMethod\x12\x17\n\x13\x44TMF_METHOD_RFC4733\x10\x00\x12\x18\n\x14\x44TMF_METHOD_SIP_INFO\x10\x01\x32\xad\x07\n\x03Sip\x12I\n\x0cStartSession\x12\x1f.ondewo.sip.StartSessionRequest\x1a\x16.google.protobuf.Empty\"\x00\x12>\n\nEndSession\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12\x43\n\tStartCall\x12\x1c.ondewo.sip.StartCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12?\n\x07\x45ndCall\x12\x1a.ondewo.sip.EndCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12I\n\x0cTransferCall\x12\x1f.ondewo.sip.TransferCallRequest\x1a\x16.google.protobuf.Empty\"\x00\x12O\n\x0fRegisterAccount\x12\".ondewo.sip.RegisterAccountRequest\x1a\x16.google.protobuf.Empty\"\x00\x12?\n\x0cGetSipStatus\x12\x16.google.protobuf.Empty\x1a\x15.ondewo.sip.SipStatus\"\x00\x12U\n\x13GetSipStatusHistory\x12\x16.google.protobuf.Empty\x1a$.ondewo.sip.SipStatusHistoryResponse\"\x00\x12I\n\x0cPlayWavFiles\x12\x1f.ondewo.sip.PlayWavFilesRequest\x1a\x16.google.protobuf.Empty\"\x00\x12\x38\n\x04Mute\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12:\n\x06UnMute\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\"\x00\x12]\n\x12SipStreamCallAudio\x12\x1f.ondewo.sip.SipCallAudioRequest\x1a .ondewo.sip.SipCallAudioResponse\"\x00(\x01\x30\x01\x12\x41\n\x08SendDtmf\x12\x1b.ondewo.sip.SendDtmfRequest\x1a\x16.google.protobuf.Empty\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,12 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTCALLREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_TRANSFERCALLREQUEST_HEADERSENTRY']._loaded_options = None
   _globals['_TRANSFERCALLREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_SIPCALLAUDIOMODE']._serialized_start=2747
-  _globals['_SIPCALLAUDIOMODE']._serialized_end=2864
-  _globals['_SIPCALLAUDIOENDREASON']._serialized_start=2867
-  _globals['_SIPCALLAUDIOENDREASON']._serialized_end=3191
-  _globals['_DTMFMETHOD']._serialized_start=3193
-  _globals['_DTMFMETHOD']._serialized_end=3256
+  _globals['_SIPCALLAUDIOMODE']._serialized_start=2780
+  _globals['_SIPCALLAUDIOMODE']._serialized_end=2897
+  _globals['_SIPCALLAUDIOENDREASON']._serialized_start=2900
+  _globals['_SIPCALLAUDIOENDREASON']._serialized_end=3224
+  _globals['_DTMFMETHOD']._serialized_start=3226
+  _globals['_DTMFMETHOD']._serialized_end=3289
   _globals['_ENDCALLREQUEST']._serialized_start=98
   _globals['_ENDCALLREQUEST']._serialized_end=135
   _globals['_PLAYWAVFILESREQUEST']._serialized_start=137
@@ -52,43 +52,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERACCOUNTREQUEST']._serialized_start=179
   _globals['_REGISTERACCOUNTREQUEST']._serialized_end=243
   _globals['_SIPSTATUS']._serialized_start=246
-  _globals['_SIPSTATUS']._serialized_end=1009
+  _globals['_SIPSTATUS']._serialized_end=1042
   _globals['_SIPSTATUS_HEADERSENTRY']._serialized_start=598
   _globals['_SIPSTATUS_HEADERSENTRY']._serialized_end=644
   _globals['_SIPSTATUS_STATUSTYPE']._serialized_start=647
-  _globals['_SIPSTATUS_STATUSTYPE']._serialized_end=1009
-  _globals['_SIPSTATUSHISTORYRESPONSE']._serialized_start=1011
-  _globals['_SIPSTATUSHISTORYRESPONSE']._serialized_end=1084
-  _globals['_STARTCALLREQUEST']._serialized_start=1087
-  _globals['_STARTCALLREQUEST']._serialized_end=1232
+  _globals['_SIPSTATUS_STATUSTYPE']._serialized_end=1042
+  _globals['_SIPSTATUSHISTORYRESPONSE']._serialized_start=1044
+  _globals['_SIPSTATUSHISTORYRESPONSE']._serialized_end=1117
+  _globals['_STARTCALLREQUEST']._serialized_start=1120
+  _globals['_STARTCALLREQUEST']._serialized_end=1265
   _globals['_STARTCALLREQUEST_HEADERSENTRY']._serialized_start=598
   _globals['_STARTCALLREQUEST_HEADERSENTRY']._serialized_end=644
-  _globals['_STARTSESSIONREQUEST']._serialized_start=1234
-  _globals['_STARTSESSIONREQUEST']._serialized_end=1307
-  _globals['_TRANSFERCALLREQUEST']._serialized_start=1310
-  _globals['_TRANSFERCALLREQUEST']._serialized_end=1463
+  _globals['_STARTSESSIONREQUEST']._serialized_start=1267
+  _globals['_STARTSESSIONREQUEST']._serialized_end=1340
+  _globals['_TRANSFERCALLREQUEST']._serialized_start=1343
+  _globals['_TRANSFERCALLREQUEST']._serialized_end=1496
   _globals['_TRANSFERCALLREQUEST_HEADERSENTRY']._serialized_start=598
   _globals['_TRANSFERCALLREQUEST_HEADERSENTRY']._serialized_end=644
-  _globals['_SIPCALLAUDIOCONFIG']._serialized_start=1466
-  _globals['_SIPCALLAUDIOCONFIG']._serialized_end=1634
-  _globals['_SIPCALLAUDIOFRAME']._serialized_start=1636
-  _globals['_SIPCALLAUDIOFRAME']._serialized_end=1692
-  _globals['_SIPCALLAUDIOREQUEST']._serialized_start=1695
-  _globals['_SIPCALLAUDIOREQUEST']._serialized_end=1881
-  _globals['_SIPCALLAUDIOSTARTED']._serialized_start=1883
-  _globals['_SIPCALLAUDIOSTARTED']._serialized_end=2009
-  _globals['_SIPCALLAUDIOSTATS']._serialized_start=2012
-  _globals['_SIPCALLAUDIOSTATS']._serialized_end=2146
-  _globals['_SIPCALLAUDIOENDED']._serialized_start=2148
-  _globals['_SIPCALLAUDIOENDED']._serialized_end=2234
-  _globals['_SIPCALLAUDIODTMF']._serialized_start=2236
-  _globals['_SIPCALLAUDIODTMF']._serialized_end=2290
-  _globals['_SIPCALLAUDIOMARK']._serialized_start=2292
-  _globals['_SIPCALLAUDIOMARK']._serialized_end=2324
-  _globals['_SIPCALLAUDIORESPONSE']._serialized_start=2327
-  _globals['_SIPCALLAUDIORESPONSE']._serialized_end=2649
-  _globals['_SENDDTMFREQUEST']._serialized_start=2651
-  _globals['_SENDDTMFREQUEST']._serialized_end=2745
-  _globals['_SIP']._serialized_start=3259
-  _globals['_SIP']._serialized_end=4200
+  _globals['_SIPCALLAUDIOCONFIG']._serialized_start=1499
+  _globals['_SIPCALLAUDIOCONFIG']._serialized_end=1667
+  _globals['_SIPCALLAUDIOFRAME']._serialized_start=1669
+  _globals['_SIPCALLAUDIOFRAME']._serialized_end=1725
+  _globals['_SIPCALLAUDIOREQUEST']._serialized_start=1728
+  _globals['_SIPCALLAUDIOREQUEST']._serialized_end=1914
+  _globals['_SIPCALLAUDIOSTARTED']._serialized_start=1916
+  _globals['_SIPCALLAUDIOSTARTED']._serialized_end=2042
+  _globals['_SIPCALLAUDIOSTATS']._serialized_start=2045
+  _globals['_SIPCALLAUDIOSTATS']._serialized_end=2179
+  _globals['_SIPCALLAUDIOENDED']._serialized_start=2181
+  _globals['_SIPCALLAUDIOENDED']._serialized_end=2267
+  _globals['_SIPCALLAUDIODTMF']._serialized_start=2269
+  _globals['_SIPCALLAUDIODTMF']._serialized_end=2323
+  _globals['_SIPCALLAUDIOMARK']._serialized_start=2325
+  _globals['_SIPCALLAUDIOMARK']._serialized_end=2357
+  _globals['_SIPCALLAUDIORESPONSE']._serialized_start=2360
+  _globals['_SIPCALLAUDIORESPONSE']._serialized_end=2682
+  _globals['_SENDDTMFREQUEST']._serialized_start=2684
+  _globals['_SENDDTMFREQUEST']._serialized_end=2778
+  _globals['_SIP']._serialized_start=3292
+  _globals['_SIP']._serialized_end=4233
 # @@protoc_insertion_point(module_scope)

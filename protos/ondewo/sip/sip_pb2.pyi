@@ -169,6 +169,10 @@ class SipStatus(_message.Message):
         outgoing_call_failed: SipStatus._StatusType.ValueType  # 11
         incoming_call_finished: SipStatus._StatusType.ValueType  # 12
         outgoing_call_finished: SipStatus._StatusType.ValueType  # 13
+        session_registration_failed: SipStatus._StatusType.ValueType  # 14
+        """Upstream's later type: the account's registration was refused or not answered (the
+        reason in description); the worker keeps retrying and appends registered once back.
+        """
 
     class StatusType(_StatusType, metaclass=_StatusTypeEnumTypeWrapper): ...
     no_session: SipStatus.StatusType.ValueType  # 0
@@ -185,6 +189,10 @@ class SipStatus(_message.Message):
     outgoing_call_failed: SipStatus.StatusType.ValueType  # 11
     incoming_call_finished: SipStatus.StatusType.ValueType  # 12
     outgoing_call_finished: SipStatus.StatusType.ValueType  # 13
+    session_registration_failed: SipStatus.StatusType.ValueType  # 14
+    """Upstream's later type: the account's registration was refused or not answered (the
+    reason in description); the worker keeps retrying and appends registered once back.
+    """
 
     @_typing.final
     class HeadersEntry(_message.Message):

@@ -91,13 +91,16 @@ class Phone:
 
     # ------------------------------------------------------------ the API
 
-    def register_account(self, account_name: str, password: str) -> None:
+    def register_account(
+        self, account_name: str, password: str, record_failure: bool = False
+    ) -> None:
         """REGISTERs with digest auth; blocks until the registrar's final answer (with
-        `no_register`: sends nothing and returns at once)."""
+        `no_register`: sends nothing and returns at once). `record_failure`: a refusal or no
+        answer appends session_registration_failed (the boot session's attempts)."""
         name = parse_account_name(account_name)
         if "\0" in password:
             raise InvalidArgument("password contains a NUL character")
-        self._on_owner(lambda session: session.register_account(name, password))
+        self._on_owner(lambda session: session.register_account(name, password, record_failure))
 
     def start_session(self, account_name: str, auto_answer_interval: int) -> None:
         name = parse_account_name(account_name)

@@ -6,6 +6,13 @@ account object registers its own Contact (`;line=N`): deleting a replaced accoun
 only its old binding, not the new one. With `no_register` (trunks that trust the worker's
 source address) an account has no registrar: it sends no REGISTER, replaces the current one at
 once and records nothing. Owner thread only.
+
+A registration that is kept (the session's account, once registered) is REGISTERed again
+whenever the registrar refuses or does not answer a refresh: `session_registration_failed`
+(the answer in its description) is appended once per reason, the REGISTER goes out again with
+the jittered back-off of `registration_retry` (PJSUA's own retries are off, so that there is
+one mechanism), and `registered` is appended when the registrar accepts it again. Calls are
+not touched meanwhile.
 """
 
 import functools
@@ -23,6 +30,7 @@ from sip_worker.errors import AuthenticationFailed, InvalidArgument, PhoneError,
 from sip_worker.phone.bindings import SipAccount
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.owner import PjOwner, pending_future
+from sip_worker.phone.registration_retry import RetryBackoff
 from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.statuses import StatusRecorder
 from sip_worker.phone.threads import owner_thread
@@ -34,7 +42,8 @@ log = logging.getLogger(__name__)
 # Bound on waiting for the registrar's final answer to a REGISTER, and to an un-REGISTER.
 REGISTER_TIMEOUT = 10.0
 UNREGISTER_TIMEOUT = 5.0
-RETRY_INTERVAL_S = 30
+# PJSUA's earliest refresh after a registration (PJSIP_REGISTER_CLIENT_DELAY_BEFORE_REFRESH).
+MIN_REFRESH_MARGIN_S = 5
 
 AnswerHook = Callable[[PhoneError | None], None]
 
@@ -76,6 +85,10 @@ class Account:
         # EndSession (the API's registration, with nothing sent).
         self.registered = False
         self.pending: _Pending | None = None  # the REGISTER or un-REGISTER in flight
+        # REGISTERs again when a refresh fails: from its first success until it is
+        # un-REGISTERed or replaced.
+        self.kept = False
+        self.last_answer = ""  # the registrar's last final answer, e.g. "403 Forbidden"
 
     @property
     def usable(self) -> bool:
@@ -103,9 +116,20 @@ class Registration:
         self._transport_id = transport_id
         self._recorder = recorder
         self._contact_lines = itertools.count(1)
+        self._backoff = RetryBackoff(settings.register_retry_max)
+        self._retry: Timer | None = None  # the next REGISTER of the kept account
+        # The reason last appended with session_registration_failed; None while registered.
+        self._failure: str | None = None
 
     def account_name(self) -> str:
         return self.current.name.canonical if self.current is not None else ""
+
+    def lost_reason(self) -> str | None:
+        """Why the kept registration of the current account is down, while it is."""
+        current = self.current
+        if current is None or not current.kept or current.registered:
+            return None
+        return self._failure or "not registered"
 
     def in_progress(self) -> bool:
         return self._registering is not None or (
@@ -113,10 +137,13 @@ class Registration:
         )
 
     @owner_thread
-    def register(self, name: AccountName, password: str) -> "Future[None]":
+    def register(
+        self, name: AccountName, password: str, record_failure: bool = False
+    ) -> "Future[None]":
         """Creates an account for `name` (its REGISTER goes out at once); the Future ends with
         the registrar's answer, or at once without a registrar. The checks of the session and
-        call state come first."""
+        call state come first. `record_failure` (the boot session's attempts) appends
+        session_registration_failed for a refusal or no answer."""
         previous = self.current
         account = Account(
             SipAccount(self), name, not self._settings.no_register, self._peers_of(name)
@@ -140,11 +167,12 @@ class Registration:
             self._registering = None
             # Accounts are deleted outside their own callbacks.
             if error is not None:
+                if record_failure:
+                    self._record_failure(account, account.last_answer)
                 self._owner.post(functools.partial(self._retire, account))
                 return
             self._make_current(account, previous)
-            self._recorder.session(SipStatus.registered, account_name=name.canonical)
-            self.listener.account_registered()
+            self._registered_again(account)
 
         # Calls wait until the answer is in: the account they would use may be replaced.
         self._registering = account
@@ -161,18 +189,65 @@ class Registration:
 
     def _make_current(self, account: Account, previous: Account | None) -> None:
         if previous is not None and previous is not account:
+            self._stop_retrying()
             self._owner.post(functools.partial(self._retire, previous))
         self.current = account
+
+    def _registered_again(self, account: Account) -> None:
+        account.kept = True
+        self._failure = None
+        self._backoff.reset()
+        self._recorder.session(SipStatus.registered, account_name=account.name.canonical)
+        self.listener.account_registered()
+
+    def _record_failure(self, account: Account, reason: str) -> None:
+        """Appends session_registration_failed, unless it already says this."""
+        if reason == self._failure:
+            return
+        self._failure = reason
+        log.warning("registration of %s failed: %s", account.name.canonical, reason)
+        self._recorder.session(
+            SipStatus.session_registration_failed,
+            account_name=account.name.canonical,
+            description=reason,
+        )
+
+    def _registration_lost(self, account: Account) -> None:
+        """A refresh or a retry of the kept account failed: say so, try again later."""
+        self._record_failure(account, account.last_answer)
+        self._stop_retrying()
+        delay = self._backoff.next_delay()
+        log.info("REGISTER of %s again in %.1f s", account.name.canonical, delay)
+        self._retry = self._owner.schedule(delay, functools.partial(self._retry_now, account))
+
+    def _retry_now(self, account: Account) -> None:
+        self._retry = None
+        if account is not self.current or not account.kept or account.pending is not None:
+            return
+        try:
+            self._send(account, True)
+        except Unreachable as error:
+            account.last_answer = str(error)
+            self._registration_lost(account)
+
+    def _stop_retrying(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     @owner_thread
     def register_again(self, account: Account, on_answer: AnswerHook) -> "Future[None]":
         """REGISTERs an existing account again; the Future ends with the answer."""
+        self._stop_retrying()
         self._send(account, True)
         return self._await_answer(account, True, on_answer)
 
     @owner_thread
     def unregister(self, account: Account | None, done: "Future[None]") -> None:
         """Un-REGISTERs `account` if it is the registered one; `done` ends with the answer."""
+        if account is not None and account is self.current:
+            account.kept = False
+            self._stop_retrying()
         if account is not None and not account.registers:
             account.registered = False
             done.set_result(None)
@@ -195,6 +270,7 @@ class Registration:
 
     @owner_thread
     def retire_all(self) -> None:
+        self._stop_retrying()
         for account in (self._registering, self.current):
             if account is not None:
                 self._retire(account)
@@ -221,13 +297,12 @@ class Registration:
         account = self._account_of(sip)
         if account is None:
             return
+        if 100 <= code < 200:
+            return
+        account.last_answer = sip_code_reason(code, reason)
         pending = account.pending
         if pending is None:
-            account.registered = 200 <= code < 300 and expiration > 0
-            if not account.registered and account is self.current:
-                log.warning("registration of %s lost: %d %s", account.name.canonical, code, reason)
-            return
-        if 100 <= code < 200:
+            self._refresh_answered(account, code, expiration)
             return
         succeeded = 200 <= code < 300
         account.registered = succeeded and pending.register
@@ -236,7 +311,8 @@ class Registration:
             if not succeeded:
                 log.warning("un-REGISTER of %s: %d %s", account.name.canonical, code, reason)
         elif succeeded:
-            pass
+            self._failure = None
+            self._backoff.reset()
         elif code in (408, 480) or code >= 500:
             error = Unreachable(
                 f"registrar of {account.name.canonical}: {sip_code_reason(code, reason)}"
@@ -247,6 +323,19 @@ class Registration:
             )
         self._complete(account, error)
 
+    def _refresh_answered(self, account: Account, code: int, expiration: int) -> None:
+        """The answer to PJSUA's own refresh, or to a retry of ours."""
+        was_registered = account.registered
+        account.registered = 200 <= code < 300 and expiration > 0
+        if account is not self.current or not account.kept:
+            return
+        if not account.registered:
+            if 200 <= code < 300:
+                account.last_answer += " without a binding (expires 0)"
+            self._registration_lost(account)
+        elif not was_registered:
+            self._registered_again(account)
+
     def _account_config(self, account: Account, password: str) -> Any:
         settings, name = self._settings, account.name
         config = pj.AccountConfig()
@@ -254,7 +343,13 @@ class Registration:
         # Without a registrar URI PJSUA never sends a REGISTER (nor an un-REGISTER).
         if account.registers:
             config.regConfig.registrarUri = name.registrar_uri
-            config.regConfig.retryIntervalSec = RETRY_INTERVAL_S
+            # 0: PJSUA retries nothing itself; `_registration_lost` does, with back-off.
+            config.regConfig.retryIntervalSec = 0
+            config.regConfig.timeoutSec = settings.register_expiry
+            # The refresh goes out a quarter of the expiry before the binding ends.
+            config.regConfig.delayBeforeRefreshSec = max(
+                settings.register_expiry // 4, MIN_REFRESH_MARGIN_S
+            )
         config.regConfig.registerOnAdd = account.registers
         config.sipConfig.transportId = self._transport_id
         config.sipConfig.contactUriParams = f";line={next(self._contact_lines)}"
@@ -312,6 +407,8 @@ class Registration:
         if account.pending is None or account.pending.register != register:
             return
         what = "REGISTER" if register else "un-REGISTER"
+        timeout = REGISTER_TIMEOUT if register else UNREGISTER_TIMEOUT
+        account.last_answer = f"no answer to the {what} within {timeout:g} s"
         self._complete(
             account,
             Unreachable(f"the registrar of {account.name.canonical} did not answer the {what}"),

@@ -76,7 +76,9 @@ class Session:
     # ------------------------------------------------------------ session
 
     @owner_thread
-    def register_account(self, name: AccountName, password: str) -> "Future[None]":
+    def register_account(
+        self, name: AccountName, password: str, record_failure: bool = False
+    ) -> "Future[None]":
         self._check_accepting()
         if name.secure:
             raise InvalidArgument(
@@ -97,11 +99,12 @@ class Session:
                 f"a session for {current.name.canonical} is running; end it before "
                 "registering another account"
             )
-        return self.registration.register(name, password)
+        return self.registration.register(name, password, record_failure)
 
     def account_registered(self) -> None:
-        if self._interval is not None:
-            # The session's account registered again: the session goes on.
+        if self._interval is not None and self.call is None:
+            # The session's account registered again: the session goes on (a call that is
+            # on has gone on all along; its statuses say so).
             self.recorder.session(SipStatus.ready)
 
     @owner_thread
@@ -198,6 +201,11 @@ class Session:
             raise WrongState("a call is already in progress")
         if self.registration.in_progress():
             raise WrongState("a registration is in progress")
+        if (lost := self.registration.lost_reason()) is not None:
+            raise Unreachable(
+                f"the registration of {account.name.canonical} is lost ({lost}); "
+                "the worker is registering again"
+            )
         uri = target_uri(callee_id, account.name, "callee_id")
         identity = CallIdentity(
             next(self._serials), Direction.OUTGOING, callee_id, headers, requested_ns

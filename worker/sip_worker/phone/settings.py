@@ -34,6 +34,10 @@ class PhoneSettings(Protocol):
     @property
     def no_register(self) -> bool: ...  # accounts send no REGISTER (trunks that trust our address)
     @property
+    def register_expiry(self) -> int: ...  # seconds asked for in REGISTER
+    @property
+    def register_retry_max(self) -> float: ...  # longest back-off between REGISTER attempts
+    @property
     def soft_hangup_timeout(self) -> float: ...  # bound on waiting for queued audio before BYE
     @property
     def media_timeout(self) -> float: ...  # seconds without media from the far end; 0 = off

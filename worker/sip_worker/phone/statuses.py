@@ -43,9 +43,12 @@ class StatusRecorder:
         self._announced: set[int] = set()  # serials of calls whose initiated is recorded
         self._last_ns = 0
 
-    def session(self, status_type: StatusType, account_name: str | None = None) -> None:
-        """A status of the session (registered, ready, no_session)."""
-        self._append(SipStatus(status_type=status_type), account_name)
+    def session(
+        self, status_type: StatusType, account_name: str | None = None, description: str = ""
+    ) -> None:
+        """A status of the session (registered, ready, no_session, session_registration_failed
+        with its reason in `description`)."""
+        self._append(SipStatus(status_type=status_type, description=description), account_name)
 
     def call(
         self,
