@@ -19,7 +19,7 @@ from typing import Any
 from sip_operator import metrics, phase
 from sip_operator.kube import AlreadyExists, KubeApi, KubeError
 from sip_operator.metrics import ErrorKind
-from sip_operator.phase import Observation, PendingUpdate, PodState, WorkerStatus
+from sip_operator.phase import Observation, PendingUpdate, PodState, WorkerStatus, WorkerStatuses
 from sip_operator.pod_builder import (
     ANNOTATION_DRAIN_DEADLINE,
     ANNOTATION_SPEC_HASH,
@@ -70,7 +70,7 @@ class Session:
     task: "asyncio.Task[None] | None" = None
     stopping: bool = False
     pod: PodState | None = None
-    worker: WorkerStatus | None = None
+    statuses: WorkerStatuses = field(default_factory=WorkerStatuses)
     problem: str | None = None  # what keeps it Failed
     waiting: str | None = None  # why there is no pod at the moment
     replacing: bool = False
@@ -253,7 +253,7 @@ class SessionController:
     def observe_worker_status(self, key: SessionKey, status: WorkerStatus) -> None:
         session = self.sessions.get(key)
         if session is not None:
-            session.worker = status
+            session.statuses = session.statuses.add(status)
             session.wake.set()
 
     # ---- deletion and shutdown ----
@@ -491,7 +491,7 @@ class SessionController:
             return None  # not serving, so not in a call
         if not self._mirror.has_read(session.key):
             return "WorkerStatusUnknown", WAIT_FOR_STATUS
-        if phase.call_in_progress(pod, session.worker):
+        if phase.call_in_progress(pod, session.statuses):
             return "CallInProgress", WAIT_FOR_CALL
         return None
 
@@ -700,7 +700,7 @@ class SessionController:
             waiting=session.waiting,
             pod=session.pod,
             replacing=session.replacing,
-            worker=session.worker,
+            statuses=session.statuses,
             start_session=spec.start_session if spec else True,
             pending_update=session.pending,
         )
@@ -723,7 +723,7 @@ class SessionController:
             return
         accepted = time.time()
         session.published = status
-        worker = observation.worker
+        worker = observation.statuses.newest
         if worker and worker.timestamp and status["lastStatus"] != previous.get("lastStatus"):
             metrics.observe_mirror_lag(worker.timestamp, accepted)
 

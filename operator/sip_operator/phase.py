@@ -1,8 +1,8 @@
 """What a SipSession's status says, derived from what the operator observed.
 
 Pure functions: the controller gathers the observations (its own problems, the worker pod
-from the watch, the worker's last SipStatus from Redis) and this module turns them into the
-phase, message and conditions that go into `.status`.
+from the watch, the worker's SipStatuses from Redis, folded into `WorkerStatuses`) and this
+module turns them into the phase, message and conditions that go into `.status`.
 """
 
 import datetime
@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sip_contract.status import SessionState, meaning_of_name
+from ondewo.sip.sip_pb2 import SipStatus
+from sip_contract.status import REGISTRATION_REPORTS, SessionState, meaning_of_name
 
 PENDING = "Pending"
 STARTING = "Starting"
@@ -39,6 +40,40 @@ class WorkerStatus:
         if self.description:
             status["description"] = self.description
         return status
+
+
+_REGISTRATION_REPORT_NAMES = frozenset(SipStatus.StatusType.Name(t) for t in REGISTRATION_REPORTS)
+
+
+@dataclass(frozen=True)
+class WorkerStatuses:
+    """The worker's statuses so far, folded in order into what each judgement needs: a
+    registration lost and won back during a call (`session_registration_failed`, `registered`)
+    is the newest status, yet the call is still on, and a call's statuses say nothing about
+    the registration."""
+
+    newest: WorkerStatus | None = None
+    activity: WorkerStatus | None = None  # the newest about the session and its calls
+    registration: WorkerStatus | None = None  # the newest that says whether it is registered
+
+    def add(self, status: WorkerStatus) -> "WorkerStatuses":
+        report = status.type in _REGISTRATION_REPORT_NAMES
+        in_call = self.activity is not None and _in_call(self.activity)
+        meaning = meaning_of_name(status.type)
+        about_registration = meaning is None or meaning.call is None
+        return WorkerStatuses(
+            newest=status,
+            activity=self.activity if report and in_call else status,
+            # Until one says otherwise, a call's status implies an account that can call.
+            registration=status
+            if about_registration or not self.registration
+            else self.registration,
+        )
+
+
+def _in_call(status: WorkerStatus) -> bool:
+    meaning = meaning_of_name(status.type)
+    return meaning is not None and meaning.in_call
 
 
 @dataclass(frozen=True)
@@ -119,21 +154,20 @@ class Observation:
     waiting: str | None = None  # why there is no pod right now (e.g. a pending recreation)
     pod: PodState | None = None
     replacing: bool = False
-    worker: WorkerStatus | None = None
+    statuses: WorkerStatuses = WorkerStatuses()
     start_session: bool = True
     pending_update: PendingUpdate | None = None
 
 
-def call_in_progress(pod: PodState | None, worker: WorkerStatus | None) -> bool:
-    """The worker serves and its last status is of a call being set up, up or torn down."""
-    meaning = meaning_of_name(worker.type) if worker is not None else None
+def call_in_progress(pod: PodState | None, statuses: WorkerStatuses) -> bool:
+    """The worker serves and its statuses leave a call being set up, up or torn down."""
     ready = pod is not None and pod.phase == "Running" and pod.ready
-    return ready and meaning is not None and meaning.in_call
+    return ready and statuses.activity is not None and _in_call(statuses.activity)
 
 
 def derive_phase(observation: Observation) -> tuple[str, str]:
     """The phase and a one-line message saying why."""
-    pod, worker = observation.pod, observation.worker
+    pod, worker = observation.pod, observation.statuses.activity
     if observation.deleting:
         return TERMINATING, "deleting the worker pod, its service and token Secret"
     if observation.problem:
@@ -148,7 +182,7 @@ def derive_phase(observation: Observation) -> tuple[str, str]:
         return STARTING, "waiting for the worker to report healthy"
     # A type this operator does not know (a newer worker's) counts as neither a call nor an
     # open session, and leaves the account registered.
-    if worker is not None and call_in_progress(pod, worker):
+    if worker is not None and call_in_progress(pod, observation.statuses):
         return IN_CALL, f"{worker.type} {worker.callee_id}".strip()
     meaning = meaning_of_name(worker.type) if worker is not None else None
     if observation.start_session and (meaning is None or meaning.session is not SessionState.READY):
@@ -157,7 +191,7 @@ def derive_phase(observation: Observation) -> tuple[str, str]:
 
 
 def is_registered(observation: Observation) -> bool:
-    pod, worker = observation.pod, observation.worker
+    pod, worker = observation.pod, observation.statuses.registration
     return (
         not observation.deleting
         and pod is not None
@@ -176,7 +210,7 @@ def _session_state(worker: WorkerStatus) -> SessionState | None:
 def registered_message(observation: Observation) -> str:
     """Why the Registered condition is what it is: a stale "registered" in the stream of a
     pod that is not ready does not count, and the message says so."""
-    worker, pod = observation.worker, observation.pod
+    worker, pod = observation.statuses.registration, observation.pod
     if worker is None:
         return "no status yet"
     if observation.deleting:
@@ -190,7 +224,7 @@ def registered_message(observation: Observation) -> str:
 def _registered_reason(observation: Observation, registered: bool) -> str:
     if registered:
         return "Registered"
-    worker = observation.worker
+    worker = observation.statuses.registration
     if worker is not None and worker.type == "session_registration_failed":
         return "RegistrationFailed"
     return "NotRegistered"
@@ -286,7 +320,7 @@ def build_status(
                 "UpdatePending", *_update_condition(observation), generation, old_conditions, now
             ),
         ],
-        "lastStatus": observation.worker.as_status() if observation.worker else None,
+        "lastStatus": newest.as_status() if (newest := observation.statuses.newest) else None,
         "pendingUpdate": pending.as_status() if (pending := observation.pending_update) else None,
     }
     return status

@@ -4,9 +4,9 @@ Workers append each SipStatus to the session's stream `sip:history:{<shard>}:<na
 (sip_contract.status.stream_key), with fields `status`: the serialized ondewo.sip.SipStatus,
 `type`: its type name, `seq`. A reader connection blocks in `XREAD BLOCK ... STREAMS <its
 streams>`; when a stream joins it, `CLIENT UNBLOCK` wakes it (and the bounded block time wakes it
-anyway), so a new session is followed at once. A followed stream's newest entry is handed to a
-callback, then every later entry, in order, each once. Streams of deleted sessions get their
-retention set with EXPIRE.
+anyway), so a new session is followed at once. A followed stream's newest `CATCH_UP_ENTRIES`
+entries are handed to a callback, oldest first, then every later entry, in order, each once.
+Streams of deleted sessions get their retention set with EXPIRE.
 
 Connections, whatever the number of sessions: one reader per shard in use, at most `SHARDS`
 (16). The streams of a shard share one hash slot, so under a Redis Cluster (`?cluster=true` in
@@ -60,6 +60,9 @@ Group = int  # a shard: its streams share one hash slot and one reader
 
 CLIENT_NAME = "sip-operator-status-mirror"
 COMMAND_CONNECTIONS = 2
+# A newly followed stream's newest entries, delivered oldest first: enough to tell a call that
+# is still on behind its registration's ups and downs (sip_operator.phase.WorkerStatuses).
+CATCH_UP_ENTRIES = 16
 _ENTRIES_PER_STREAM = 64  # a cap keeps one reply small; the next read goes on from there
 _COMMAND_TIMEOUT = 30.0
 _NO_ENTRY = b"0-0"
@@ -95,6 +98,14 @@ def parse_entry(fields: dict[bytes, bytes]) -> WorkerStatus:
         timestamp=timestamp,
         description=status.description,
     )
+
+
+def _undelivered(entries: list[Entry], delivered: bytes | None) -> list[Entry]:
+    """`entries` (oldest first) above the id delivered last, if any was (a re-read after a
+    Redis outage); all of them if the stream now ends below it (a Redis that lost its data)."""
+    if delivered is None or _entry_id(entries[-1][0]) < _entry_id(delivered):
+        return entries
+    return [entry for entry in entries if _entry_id(entry[0]) > _entry_id(delivered)]
 
 
 class _Reader:
@@ -172,7 +183,7 @@ class StatusMirror:
             self._server = redis.asyncio.Redis(**options)
             self._commands = self._server
         self._last_ids: dict[SessionKey, bytes] = {}  # followed sessions -> last entry seen
-        self._unloaded: set[SessionKey] = set()  # followed, newest entry not read yet
+        self._unloaded: set[SessionKey] = set()  # followed, newest entries not read yet
         self._legacy: set[SessionKey] = set()  # loaded, their legacy streams polled
         # Loaded sessions by reader group, each under its stream's name (computed once).
         self._members: dict[Group, dict[str, SessionKey]] = {}
@@ -183,7 +194,7 @@ class StatusMirror:
         self._failures = 0
 
     def follow(self, session: SessionKey) -> None:
-        """Starts mirroring a session's stream (its newest entry is delivered first)."""
+        """Starts mirroring a session's stream (its newest entries are delivered first)."""
         if session in self._last_ids or session in self._unloaded:
             return
         self._unloaded.add(session)
@@ -197,7 +208,7 @@ class StatusMirror:
             self._members.get(self._group(session), {}).pop(_stream(session), None)
 
     def has_read(self, session: SessionKey) -> bool:
-        """Whether the session's stream has been read (its newest entry, if any, delivered)."""
+        """Whether the session's stream has been read (its newest entries, if any, delivered)."""
         return session in self._last_ids
 
     @property
@@ -231,9 +242,10 @@ class StatusMirror:
         return key_slot(shard_hash_tag(group).encode())
 
     async def run(self, on_status: StatusCallback) -> None:
-        """Hands each followed stream's newest entry to `on_status` until cancelled.
+        """Hands each followed stream's newest entries, then each later one, to `on_status`
+        until cancelled.
 
-        Rides out Redis outages: retries, then re-reads the newest entry of every stream.
+        Rides out Redis outages: retries, then re-reads every stream from where it was.
         """
         self._on_status = on_status
         try:
@@ -243,7 +255,9 @@ class StatusMirror:
                 except (RedisError, RedisClusterException, OSError) as error:
                     self._failures += 1
                     await self._stop_readers()
-                    self._unloaded.update(self._last_ids)  # re-read the newest after the outage
+                    self._unloaded.update(
+                        self._last_ids
+                    )  # re-read from where each was after the outage
                     self._members.clear()
                     self._legacy.clear()
                     if self._failures == 1 or self._failures % 30 == 0:
@@ -391,15 +405,15 @@ class StatusMirror:
         self._readers.clear()
 
     async def _load_newest(self) -> set[Group]:
-        """For newly followed streams: drop any expiry, read the newest entry of the stream and
-        of any legacy one; their groups."""
+        """For newly followed streams: drop any expiry, read the newest entries of the stream
+        and of any legacy one; their groups."""
         batch = list(self._unloaded)
         joined: set[Group] = set()
         async with self._command_slots, self._commands.pipeline(transaction=False) as pipe:
             for session in batch:
                 for key in (_stream(session), _legacy_stream(session)):
                     pipe.persist(key)
-                    pipe.xrevrange(key, count=1)
+                    pipe.xrevrange(key, count=CATCH_UP_ENTRIES)
             replies = await pipe.execute()
         for index, session in enumerate(batch):
             if session not in self._unloaded:
@@ -409,11 +423,12 @@ class StatusMirror:
             legacy_newest = cast(list[Entry], replies[4 * index + 3])
             if legacy_newest or not newest:
                 self._legacy.add(session)  # an earlier version's worker may write it
-            candidates = [*newest, *legacy_newest]
+            candidates = sorted([*newest, *legacy_newest], key=lambda entry: _entry_id(entry[0]))
             if candidates:
-                entry_id, fields = max(candidates, key=lambda entry: _entry_id(entry[0]))
-                self._last_ids[session] = entry_id
-                self._on_status(session, parse_entry(fields))
+                recent = _undelivered(candidates[-CATCH_UP_ENTRIES:], self._last_ids.get(session))
+                self._last_ids[session] = candidates[-1][0]
+                for _, fields in recent:
+                    self._on_status(session, parse_entry(fields))
             else:
                 self._last_ids[session] = _NO_ENTRY
             group = self._group(session)

@@ -121,6 +121,12 @@ MEANINGS: dict[StatusType, Meaning] = {
     _Type.session_registration_failed: Meaning(SessionState.NONE),
 }
 
+# What a worker appends about its account while a call may be on: they say whether the account is
+# registered and leave the call (and the session) as they were.
+REGISTRATION_REPORTS: frozenset[StatusType] = frozenset(
+    {_Type.registered, _Type.session_registration_failed}
+)
+
 _CALL_TYPES: dict[tuple[CallStep, Direction], StatusType] = {
     (meaning.call, meaning.direction): status_type
     for status_type, meaning in MEANINGS.items()

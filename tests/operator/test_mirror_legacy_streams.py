@@ -56,7 +56,7 @@ async def _follow_through_the_upgrade(url: str, client: AnyRedis, namespace: str
     )
     try:
         mirror.follow(alice)
-        await _until(lambda: seen == ["3"], "the newest legacy entry")
+        await _until(lambda: seen == ["1", "2", "3"], "the newest legacy entries")
         _old_worker_writes(client, alice, 4)
         await _until(lambda: seen[-1:] == ["4"], "the old worker's next status")
         # Written just before its replacement starts: read from the legacy stream or, moved
@@ -66,7 +66,7 @@ async def _follow_through_the_upgrade(url: str, client: AnyRedis, namespace: str
         assert client.exists(legacy_stream_key(session_key(*alice))) == 0
         await _until(lambda: seen[-1:] == ["8"], "the new worker's statuses")
         await asyncio.sleep(0.5)  # several legacy polls: nothing comes twice
-        assert seen == ["3", "4", "5", "6", "7", "8"]
+        assert seen == ["1", "2", "3", "4", "5", "6", "7", "8"]
 
         # A deleted session's streams expire, the legacy one too.
         _old_worker_writes(client, bob, 1)

@@ -195,3 +195,77 @@ def test_a_restarted_operator_keeps_waiting_with_the_original_deadline(
 
     client.xadd(stream_key(namespace, "alice"), sip_status_entry("outgoing_call_finished", 4))
     assert _image(_replacement(cluster, namespace, first)) == NEW_IMAGE
+
+
+def _registered(cluster: Cluster, namespace: str) -> tuple[str, str, str]:
+    condition = _condition(cluster, namespace, "Registered")
+    return condition["status"], condition["reason"], condition["message"]
+
+
+def _lose_and_regain_the_registration(
+    cluster: Cluster, namespace: str, client: "redis.Redis[bytes]", first: int
+) -> None:
+    """The worker's statuses of a registration lost (refresh unanswered) and won back."""
+    stream = stream_key(namespace, "alice")
+    client.xadd(
+        stream,
+        sip_status_entry("session_registration_failed", first, description="408 Request Timeout"),
+    )
+    wait_for(
+        lambda: (
+            _registered(cluster, namespace)
+            == (
+                "False",
+                "RegistrationFailed",
+                "last status session_registration_failed: 408 Request Timeout",
+            )
+        ),
+        what=f"Registered False (status: {cluster.status(namespace, 'alice')})",
+    )
+    client.xadd(stream, sip_status_entry("registered", first + 1))
+    wait_for(
+        lambda: _registered(cluster, namespace)[:2] == ("True", "Registered"),
+        what=f"Registered True again (status: {cluster.status(namespace, 'alice')})",
+    )
+
+
+def test_the_registered_condition_follows_a_registration_lost_and_won_back_mid_call(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    """The newest statuses say nothing of the call, which goes on: InCall, and the spec
+    change waits for the call's end, not for the registration's return."""
+    client = redis_server.client()
+    first = _in_call(cluster, namespace, client, account_spec())
+    assert _registered(cluster, namespace)[:2] == ("True", "Registered")
+    cluster.patch_session(namespace, "alice", {"spec": {"worker": {"image": NEW_IMAGE}}})
+    assert _pending(cluster, namespace)["reason"] == "waiting for the call in progress to end"
+
+    _lose_and_regain_the_registration(cluster, namespace, client, 3)
+    status = cluster.status(namespace, "alice")
+    assert status["phase"] == "InCall" and status["lastStatus"]["type"] == "registered"
+    assert cluster.pods(namespace)[POD]["metadata"]["uid"] == first["metadata"]["uid"]
+    assert _condition(cluster, namespace, "UpdatePending")["reason"] == "CallInProgress"
+
+    client.xadd(stream_key(namespace, "alice"), sip_status_entry("outgoing_call_finished", 5))
+    assert _image(_replacement(cluster, namespace, first)) == NEW_IMAGE
+
+
+def test_a_restarted_operator_still_sees_the_call_behind_a_lost_registration(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    """An operator that starts after the registration was lost mid-call reads the stream's
+    newest entries, not only the newest one: it waits for the call."""
+    client = redis_server.client()
+    first = _in_call(cluster, namespace, client, account_spec())
+    operator.stop()
+    client.xadd(
+        stream_key(namespace, "alice"),
+        sip_status_entry("session_registration_failed", 3, description="503 Service Unavailable"),
+    )
+    cluster.patch_session(namespace, "alice", {"spec": {"worker": {"image": NEW_IMAGE}}})
+    operator.start(["--namespace", namespace])
+    assert _pending(cluster, namespace)["reason"] == "waiting for the call in progress to end"
+    status = cluster.status(namespace, "alice")
+    assert status["phase"] == "InCall"
+    assert _registered(cluster, namespace)[:2] == ("False", "RegistrationFailed")
+    assert cluster.pods(namespace)[POD]["metadata"]["uid"] == first["metadata"]["uid"]
