@@ -60,7 +60,6 @@ import multiprocessing
 import os
 import queue
 import select
-import socket
 import statistics
 import subprocess
 import sys
@@ -89,6 +88,7 @@ from audio_clicks import FRAME_S, MAX_LOOP_S, click_frame, is_loud, loop_latenci
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
+from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports, free_udp_port  # noqa: E402
 
 SIP_WORKER = Path(sys.executable).parent / "sip-worker"
 BARE_LOOP = REPO / "bench" / "bare_audio_loop.py"
@@ -128,12 +128,6 @@ EAGER_RECONNECT = [
 ]
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
     """Terminates all at once, then waits for each (kills what is still there after 15 s)."""
     for process in processes:
@@ -158,10 +152,10 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _sipp(stack: ExitStack, workdir: Path, *args: str) -> tuple[int, subprocess.Popen[bytes]]:
-    port = _free_udp_port()
+    port = free_udp_port()
     processes = stack.enter_context(_processes())
     command = ["sipp", *args, "-i", "127.0.0.1", "-p", str(port), "-nostdin"]
-    command += ["-cp", str(_free_udp_port())]
+    command += ["-cp", str(free_udp_port())]
     processes.append(
         subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     )
@@ -175,7 +169,7 @@ def _sipp(stack: ExitStack, workdir: Path, *args: str) -> tuple[int, subprocess.
 
 
 def _sipp_uas(stack: ExitStack, workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    media = ("-mi", "127.0.0.1", "-mp", str(_free_udp_port()), "-rtp_echo")
+    media = ("-mi", "127.0.0.1", "-mp", str(free_media_ports()), "-rtp_echo")
     return _sipp(stack, workdir, "-sn", "uas", *media)
 
 
@@ -224,7 +218,7 @@ def start_workers(
             process = subprocess.Popen(
                 [
                     *(str(SIP_WORKER), "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)),
-                    *("--sip-port", "0", "--rtp-port", str(_free_udp_port())),
+                    *("--sip-port", "0", "--rtp-port", str(free_media_ports(PHONE_RTP_PORTS))),
                     *("--redis-url", redis_url, "--session-key", f"bench-{grpc_port}"),
                     *("--start-session", "--account", f"{ACCOUNT_USER}@127.0.0.1:{registrar_port}"),
                     # As the operator deploys workers.
@@ -857,7 +851,7 @@ def bare_cpu(
         with log_path.open("wb") as log:
             command = [sys.executable, str(BARE_STREAM), "--wav", str(wav_path)]
             command += ["--target", f"sip:service@127.0.0.1:{uas_port}", "--rate", str(RATE)]
-            command += ["--rtp-port", str(_free_udp_port())]
+            command += ["--rtp-port", str(free_media_ports(PHONE_RTP_PORTS))]
             processes.append(
                 subprocess.Popen(
                     command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True

@@ -26,7 +26,6 @@ Everything runs on 127.0.0.1 with free ports; every process started here is stop
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
+from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports, free_udp_port  # noqa: E402
 
 SIP_WORKER = Path(sys.executable).parent / "sip-worker"
 REGISTRAR_SCENARIO = REPO / "tests" / "support" / "sipp" / "registrar_auth.xml"
@@ -73,12 +73,6 @@ EAGER_RECONNECT = [
 ]
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
@@ -95,12 +89,12 @@ def _process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byt
 
 
 def _sipp_uas(stack: ExitStack, workdir: Path) -> int:
-    port = _free_udp_port()
+    port = free_udp_port()
     stack.enter_context(
         _process(
             [
                 *("sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1"),
-                *("-mp", str(_free_udp_port()), "-rtp_echo", "-nostdin", "-cp", str(free_port())),
+                *("-mp", str(free_media_ports()), "-rtp_echo", "-nostdin", "-cp", str(free_port())),
             ],
             cwd=workdir,
             stdout=subprocess.DEVNULL,
@@ -111,7 +105,7 @@ def _sipp_uas(stack: ExitStack, workdir: Path) -> int:
 
 
 def _sipp_registrar(stack: ExitStack, workdir: Path) -> int:
-    port = _free_udp_port()
+    port = free_udp_port()
     stack.enter_context(
         _process(
             [
@@ -137,7 +131,7 @@ def _worker_args(redis_url: str, grpc_port: int, *extra: str) -> list[str]:
         "--sip-port",
         "0",
         "--rtp-port",
-        str(_free_udp_port()),
+        str(free_media_ports(PHONE_RTP_PORTS)),
         "--redis-url",
         redis_url,
         *extra,
