@@ -15,7 +15,7 @@ from typing import Any
 
 from sip_contract.status import session_key
 from sip_operator.port_slots import WorkerPorts
-from sip_operator.session_spec import API_VERSION, KIND, SessionSpec
+from sip_operator.session_spec import API_VERSION, DEFAULT_UNTRUSTED_POLICY, KIND, SessionSpec
 from sip_operator.settings import OperatorSettings
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -215,6 +215,8 @@ def _worker_env(
         env.append(_env("SIP_WORKER_NO_REGISTER", "true"))
     if spec.trusted_sources:
         env.append(_env("SIP_WORKER_TRUSTED_SOURCES", ",".join(spec.trusted_sources)))
+    if spec.untrusted_policy != DEFAULT_UNTRUSTED_POLICY:
+        env.append(_env("SIP_WORKER_UNTRUSTED_POLICY", spec.untrusted_policy))
     if settings.redis_password_secret:
         ref = settings.redis_password_secret
         env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))

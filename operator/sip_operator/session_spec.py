@@ -33,6 +33,8 @@ MAX_KEEPALIVE_INTERVAL = 3600
 MAX_STUN_SERVERS = 8
 MAX_TRUSTED_SOURCES = 64
 TRANSPORTS = ("udp", "tcp")
+UNTRUSTED_POLICIES = ("reject", "drop")
+DEFAULT_UNTRUSTED_POLICY = "reject"
 # Fields added after the first release, with their defaults: at the default they leave the
 # fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
 _LATER_FIELDS: dict[str, object] = {
@@ -42,6 +44,7 @@ _LATER_FIELDS: dict[str, object] = {
     "keepalive_interval": DEFAULT_KEEPALIVE_INTERVAL,
     "public_address": None,
     "trusted_sources": (),
+    "untrusted_policy": DEFAULT_UNTRUSTED_POLICY,
 }
 # host[:port] of a STUN server: a DNS name, an IPv4 address or a bracketed IPv6 one.
 _HOST_PORT = re.compile(
@@ -82,6 +85,7 @@ class SessionSpec:
     keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
     public_address: str | None = None
     trusted_sources: tuple[str, ...] = ()  # CIDRs the worker takes calls from besides its peers
+    untrusted_policy: str = DEFAULT_UNTRUSTED_POLICY  # what other sources get: 403, or nothing
     image: str | None = None
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
@@ -194,6 +198,9 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     if keepalive_interval > MAX_KEEPALIVE_INTERVAL:
         raise SpecError(f"spec.sip.keepaliveInterval must be at most {MAX_KEEPALIVE_INTERVAL}")
     public_address = _string(sip, "publicAddress", "spec.sip")
+    untrusted_policy = sip.get("untrustedPolicy", DEFAULT_UNTRUSTED_POLICY)
+    if untrusted_policy not in UNTRUSTED_POLICIES:
+        raise SpecError(f"spec.sip.untrustedPolicy must be one of {', '.join(UNTRUSTED_POLICIES)}")
     if public_address is not None and not _ADDRESS.match(public_address):
         raise SpecError(f"spec.sip.publicAddress {public_address!r} is not an address (no port)")
     retain = _string(history, "retainAfterDeletion", "spec.history")
@@ -216,6 +223,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         keepalive_interval=keepalive_interval,
         public_address=public_address,
         trusted_sources=_trusted_sources(sip),
+        untrusted_policy=untrusted_policy,
         image=_string(worker, "image", "spec.worker"),
         resources=dict(_mapping(worker.get("resources"), "spec.worker.resources")) or None,
         node_selector=dict(_mapping(worker.get("nodeSelector"), "spec.worker.nodeSelector"))

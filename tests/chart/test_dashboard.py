@@ -27,6 +27,7 @@ SHOWN_FAMILIES = {
     "sip_worker_calls",
     "sip_worker_call_active",
     "sip_worker_registered",
+    "sip_worker_untrusted_requests",
     "sip_worker_rpc_duration_seconds",
     "sip_worker_history_buffer_depth",
     "sip_worker_history_write_seconds",

@@ -102,6 +102,24 @@ def test_trusted_sources_reach_the_worker_as_its_env_var() -> None:
         parse_spec({"account": account, "sip": {"trustedSources": ["10.0.0.1/8"]}})
 
 
+def test_the_drop_policy_reaches_the_worker_and_the_default_changes_no_pod() -> None:
+    account = {"name": "a@pbx", "passwordSecretRef": {"name": "s", "key": "k"}}
+    dropping = parse_spec({"account": account, "sip": {"untrustedPolicy": "drop"}})
+    rejecting = parse_spec({"account": account, "sip": {"untrustedPolicy": "reject"}})
+    plain = parse_spec({"account": account})
+
+    def env_of(spec: SessionSpec) -> dict[str, object]:
+        pod = build_pod(SessionRef("ns", "a", "uid-1"), spec, OperatorSettings(), generation=1)
+        (container,) = pod["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env_of(dropping)["SIP_WORKER_UNTRUSTED_POLICY"] == "drop"
+    assert "SIP_WORKER_UNTRUSTED_POLICY" not in env_of(plain)
+    assert rejecting.fingerprint == plain.fingerprint != dropping.fingerprint
+    with pytest.raises(SpecError, match=r"spec\.sip\.untrustedPolicy must be one of reject, drop"):
+        parse_spec({"account": account, "sip": {"untrustedPolicy": "ignore"}})
+
+
 @pytest.mark.parametrize(
     ("sip", "message"),
     [

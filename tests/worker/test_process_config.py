@@ -164,6 +164,11 @@ BAD_CONFIGS = {
         {"SIP_WORKER_TRUSTED_SOURCES": "203.0.113.5/24"},
         "SIP_WORKER_TRUSTED_SOURCES='203.0.113.5/24': '203.0.113.5/24' is not a CIDR",
     ),
+    "unknown untrusted policy": (
+        [],
+        {"SIP_WORKER_UNTRUSTED_POLICY": "ignore"},
+        "SIP_WORKER_UNTRUSTED_POLICY='ignore': must be one of reject, drop",
+    ),
     "user agent with a line break": (
         [],
         {"SIP_WORKER_USER_AGENT": "pbx\r\nX-Injected: 1"},
@@ -311,6 +316,13 @@ def test_trusted_sources_repeat_as_flags_or_come_comma_separated_in_their_env_va
     )
     assert parse_config(base, {}).trusted_sources == ()
     assert parse_config(base, {}).user_agent == "sip-worker"
+
+
+def test_the_untrusted_policy_is_reject_unless_told_drop() -> None:
+    base = ["--redis-url", "redis://127.0.0.1:6379/0"]
+    assert parse_config(base, {}).untrusted_policy == "reject"
+    assert parse_config(base, {"SIP_WORKER_UNTRUSTED_POLICY": "DROP"}).untrusted_policy == "drop"
+    assert parse_config([*base, "--untrusted-policy", "drop"], {}).untrusted_policy == "drop"
 
 
 SECRET = "Pw-7Qz!unique-9f3e"

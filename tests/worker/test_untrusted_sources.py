@@ -216,3 +216,41 @@ def test_the_user_agent_is_configurable_and_names_no_stack(
         agents[name] = header(answer, b"User-Agent").decode()
 
     assert agents == {"default": "sip-worker", "custom": "Acme contact centre"}
+
+
+def test_with_the_drop_policy_an_untrusted_source_hears_nothing_at_all(
+    worker_factory: WorkerFactory, registrar: Sipp, metrics_port: int, sipp_factory: SippFactory
+) -> None:
+    worker = worker_factory("--untrusted-policy", "drop", "--metrics-port", str(metrics_port))
+    start_session(worker, registrar, auto_answer_interval=1)  # the registrar's answers get in
+    before = worker.history()
+
+    with closing(RawPeer(worker.sip_port, SCANNER)) as peer:
+        peer.send(peer.request("INVITE", body=VALID_SDP.encode()))
+        peer.send(peer.request("OPTIONS"))
+        peer.send(peer.request("SUBSCRIBE", extra=(b"Event: presence",)))
+        answers = peer.receive(2.0)
+
+    assert answers == []
+    assert worker.history() == before
+    # The kernel discards them before PJSIP reads them: nothing can count them.
+    assert untrusted_count(metrics_port, "INVITE") == 0
+    after = len(before)
+    caller = call_worker(sipp_factory, worker, "uac_xhdr.xml")
+    assert caller.wait(timeout=30) == 0, caller.output()
+    worker.wait_for_status("incoming_call_finished", after=after)
+
+
+def test_with_the_drop_policy_a_trusted_source_network_is_answered(
+    worker_factory: WorkerFactory,
+) -> None:
+    dropping = worker_factory("--untrusted-policy", "drop")
+    trusting = worker_factory("--untrusted-policy", "drop", "--trusted-source", f"{SCANNER}/32")
+    answered = {}
+
+    for name, worker in (("dropping", dropping), ("trusting", trusting)):
+        with closing(RawPeer(worker.sip_port, SCANNER)) as peer:
+            peer.send(peer.request("OPTIONS"))
+            answered[name] = [status_code(m) for m in peer.receive(1.0)]
+
+    assert answered == {"dropping": [], "trusting": [200]}

@@ -19,6 +19,7 @@ PASSWORD_ENV = "SIP_WORKER_PASSWORD"
 TRANSPORTS = ("udp", "tcp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+UNTRUSTED_POLICIES = ("reject", "drop")
 DEFAULT_USER_AGENT = "sip-worker"
 MAX_USER_AGENT_LENGTH = 128
 
@@ -47,6 +48,7 @@ class WorkerConfig:
     auth_username: str | None = None
     outbound_proxy: str | None = None
     trusted_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    untrusted_policy: str = "reject"
     user_agent: str = DEFAULT_USER_AGENT
     no_register: bool = False
     register_expiry: int = 300
@@ -292,6 +294,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "CIDR",
         default_text="none",
         repeatable=True,
+    ),
+    _Setting(
+        "untrusted_policy",
+        _choice(UNTRUSTED_POLICIES, str.lower),
+        "what untrusted sources get: reject (403 to INVITE and SUBSCRIBE) or drop (the kernel "
+        "discards all they send to the SIP port: no answer at all)",
+        "|".join(UNTRUSTED_POLICIES),
     ),
     _Setting(
         "user_agent",

@@ -56,7 +56,9 @@ class Phone:
         self.sip_port = endpoint.sip_port
         # Built on the owner, which alone calls into it (the facade only hands it closures).
         self._session = self._owner.submit(
-            lambda: Session(self._owner, self._settings, endpoint.transport_id, self._history)
+            lambda: Session(
+                self._owner, self._settings, endpoint.transport_id, endpoint.sip_port, self._history
+            )
         ).result(timeout=HAND_OFF_TIMEOUT)
 
     def is_ready(self) -> bool:

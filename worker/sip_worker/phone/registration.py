@@ -68,6 +68,7 @@ class RegistrationListener(Protocol):
     def incoming_call(self, sip: SipAccount, call_id: int, message: str, source: str) -> None: ...
     def subscription_admitted(self, source: str) -> bool: ...
     def account_registered(self) -> None: ...
+    def peers_changed(self, peers: frozenset[Address]) -> None: ...
 
 
 class Account:
@@ -148,6 +149,8 @@ class Registration:
         account = Account(
             SipAccount(self), name, not self._settings.no_register, self._peers_of(name)
         )
+        # Its registrar's answer may come before the account is current.
+        self.listener.peers_changed(self._peers() | account.peers)
         try:
             account.sip.create(self._account_config(account, password), True)
         except pj.Error as error:
@@ -192,6 +195,12 @@ class Registration:
             self._stop_retrying()
             self._owner.post(functools.partial(self._retire, previous))
         self.current = account
+        self.listener.peers_changed(self._peers())
+
+    def _peers(self) -> frozenset[Address]:
+        """The peers of the accounts in use: the current one and one registering."""
+        accounts = (self.current, self._registering)
+        return frozenset().union(*(a.peers for a in accounts if a is not None))
 
     def _registered_again(self, account: Account) -> None:
         account.kept = True

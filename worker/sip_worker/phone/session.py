@@ -12,10 +12,13 @@ An INVITE from an untrusted source (see `trusted_sources`) is refused with 403 b
 else is looked at: no status, no ringing, no media. PJSUA has by then taken a call slot, opened
 the RTP and RTCP sockets and sent 100 Trying (all before the application hears of an INVITE);
 the 403 keeps that slot for REJECT_DELAY_S like every refusal, so a scanner's flood cannot
-exhaust the sockets either.
+exhaust the sockets either. With `--untrusted-policy drop` none of that happens: a filter on
+the SIP socket (see `source_filter`) keeps the configured networks and the peers of the
+accounts in use, and the kernel discards the rest before PJSIP reads it.
 """
 
 import functools
+import ipaddress
 import itertools
 import logging
 import time
@@ -38,9 +41,10 @@ from sip_worker.phone.owner import PjOwner, pending_future
 from sip_worker.phone.playback import StagedWav
 from sip_worker.phone.registration import Registration
 from sip_worker.phone.settings import PhoneSettings
+from sip_worker.phone.source_filter import SourceFilter
 from sip_worker.phone.statuses import CallIdentity, StatusRecorder
 from sip_worker.phone.threads import owner_thread
-from sip_worker.phone.trusted_sources import TrustedSources
+from sip_worker.phone.trusted_sources import Address, TrustedSources
 from sip_worker.validation import AccountName, target_uri
 
 log = logging.getLogger(__name__)
@@ -50,10 +54,19 @@ REJECT_DELAY_S = 0.2
 
 class Session:
     def __init__(
-        self, owner: PjOwner, settings: PhoneSettings, transport_id: int, history: StatusHistory
+        self,
+        owner: PjOwner,
+        settings: PhoneSettings,
+        transport_id: int,
+        sip_port: int,
+        history: StatusHistory,
     ) -> None:
         self._owner = owner
         self._settings = settings
+        self._filter: SourceFilter | None = None
+        if settings.untrusted_policy == "drop":
+            self._filter = SourceFilter(sip_port, settings.sip_transport)
+            self._filter.admit(settings.trusted_sources)
         self.recorder = StatusRecorder(history, self._account_name)
         self.registration = Registration(owner, settings, transport_id, self.recorder, self)
         self.call: ActiveCall | None = None
@@ -253,6 +266,12 @@ class Session:
         call.ring(interval)
 
     @owner_thread
+    def peers_changed(self, peers: frozenset[Address]) -> None:
+        if self._filter is not None:
+            hosts = (ipaddress.ip_network(address) for address in peers)
+            self._filter.admit((*self._settings.trusted_sources, *hosts))
+
+    @owner_thread
     def subscription_admitted(self, source: str) -> bool:
         return self._admits("SUBSCRIBE", source)
 
@@ -357,6 +376,8 @@ class Session:
         self.call = None
         self._refusing.clear()
         self._ports.abandon()
+        if self._filter is not None:
+            self._filter.close()
 
     # ------------------------------------------------------------ SIP events of calls
 

@@ -30,6 +30,8 @@ class PhoneSettings(Protocol):
     @property
     def trusted_sources(self) -> tuple[IPv4Network | IPv6Network, ...]: ...  # besides the peers
     @property
+    def untrusted_policy(self) -> str: ...  # "reject" (403) | "drop" (kernel filter)
+    @property
     def user_agent(self) -> str: ...  # User-Agent text, naming no stack or version
     @property
     def no_register(self) -> bool: ...  # accounts send no REGISTER (trunks that trust our address)
