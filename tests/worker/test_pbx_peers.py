@@ -1,0 +1,93 @@
+"""Real peers nobody here wrote: Kamailio as the PBX (registrar with digest auth, a proxy that
+challenges its users' INVITEs with 407 and stays in the dialogs) and baresip as the phones
+registered behind it, driven through its control interface."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ondewo.sip import sip_pb2
+from tests.support.audio import tone_seconds, tone_seconds_in, tone_wav
+from tests.support.audio_stream import AudioStream, config
+from tests.support.baresip import Baresip
+from tests.support.kamailio import PROXY_CONFIG, Kamailio
+from tests.support.sip_peers import SIPP_PASSWORD
+from tests.worker.conftest import WorkerProcess
+
+PHONES = {"bob": "bob-pw-1", "carol": "carol-pw-2"}
+WORKER_TONE = 1000.0
+RATE = 16000
+
+BaresipFactory = Callable[..., Baresip]
+
+
+@pytest.fixture()
+def pbx(tmp_path: Path) -> Iterator[Kamailio]:
+    """Kamailio with alice (the worker) and the phones as users; started by the test."""
+    kamailio = Kamailio(tmp_path / "kamailio", config=PROXY_CONFIG, users=PHONES)
+    try:
+        yield kamailio
+    finally:
+        kamailio.stop()
+
+
+@pytest.fixture()
+def phones(tmp_path: Path, pbx: Kamailio) -> Iterator[BaresipFactory]:
+    """Starts baresip phones registered at the PBX; stops them in teardown."""
+    started: list[Baresip] = []
+
+    def factory(user: str, **kwargs: object) -> Baresip:
+        phone = Baresip(tmp_path / "phones", user, PHONES[user], pbx.address, **kwargs)  # type: ignore[arg-type]
+        started.append(phone)
+        return phone.start()
+
+    yield factory
+    for phone in started:
+        phone.stop()
+
+
+def start_session(worker: WorkerProcess, pbx: Kamailio, auto_answer_interval: int = 1) -> None:
+    worker.stub.RegisterAccount(
+        sip_pb2.RegisterAccountRequest(account_name=pbx.account, password=SIPP_PASSWORD),
+        timeout=30,
+    )
+    worker.stub.StartSession(
+        sip_pb2.StartSessionRequest(
+            account_name=pbx.account, auto_answer_interval=auto_answer_interval
+        ),
+        timeout=10,
+    )
+
+
+def test_an_outbound_call_is_challenged_by_the_pbx_and_carries_audio_both_ways(
+    worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory
+) -> None:
+    pbx.start()
+    bob = phones("bob", tone_hz=600.0)
+    start_session(worker, pbx)
+
+    worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="bob"), timeout=10)
+    connected = worker.wait_for_status("outgoing_call_connected", timeout=15)
+    bob.wait_for_event("CALL_ESTABLISHED")
+    # LISTEN hears the far end mixed with what the worker plays: it listens first.
+    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
+    listen.wait_for("stats", count=2)
+    listen.close()
+    listen.ended()
+    worker.stub.PlayWavFiles(
+        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(WORKER_TONE, 2.0)]), timeout=10
+    )
+    worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=False), timeout=10)
+    finished = worker.wait_for_status("outgoing_call_finished", timeout=15)
+    bob.wait_for_event("CALL_CLOSED")
+
+    assert connected.callee_id == "bob"
+    assert finished.description == "200 OK"
+    # Kamailio asked for the credentials of alice and got them: one 407, then the relay.
+    pbx.wait_for_log("INVITE from alice challenged")
+    pbx.wait_for_log("INVITE from alice authenticated")
+    pbx.wait_for_log("INVITE from alice to bob relayed")
+    # What bob sent, the worker heard; what the worker played, bob heard.
+    assert tone_seconds_in(listen.audio() / 32768.0, RATE, 600.0) >= 1.5
+    assert tone_seconds(bob.heard(), WORKER_TONE) >= 1.5
