@@ -12,7 +12,7 @@ from tests.support.audio import tone_seconds, tone_seconds_in, tone_wav
 from tests.support.audio_stream import AudioStream, config
 from tests.support.baresip import Baresip
 from tests.support.kamailio import PROXY_CONFIG, Kamailio
-from tests.support.sip_peers import SIPP_PASSWORD
+from tests.support.sip_peers import SIPP_PASSWORD, SippFactory
 from tests.worker.conftest import WorkerProcess
 
 PHONES = {"bob": "bob-pw-1", "carol": "carol-pw-2"}
@@ -91,3 +91,53 @@ def test_an_outbound_call_is_challenged_by_the_pbx_and_carries_audio_both_ways(
     # What bob sent, the worker heard; what the worker played, bob heard.
     assert tone_seconds_in(listen.audio() / 32768.0, RATE, 600.0) >= 1.5
     assert tone_seconds(bob.heard(), WORKER_TONE) >= 1.5
+
+
+def test_an_inbound_call_from_a_phone_behind_the_pbx_is_answered(
+    worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory
+) -> None:
+    pbx.start()
+    bob = phones("bob", tone_hz=600.0)
+    start_session(worker, pbx, auto_answer_interval=1)
+
+    bob.dial(pbx.uri(pbx.user))
+    initiated = worker.wait_for_status("incoming_call_initiated", timeout=15)
+    connected = worker.wait_for_status("incoming_call_connected", timeout=15)
+    bob.wait_for_event("CALL_ESTABLISHED")
+    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
+    listen.wait_for("stats", count=2)
+    bob.hangup()
+    finished = worker.wait_for_status("incoming_call_finished", timeout=15)
+    listen.ended()
+
+    # The caller is bob as the PBX has him (it relays his From), his call challenged first.
+    assert initiated.callee_id == bob.aor
+    assert connected.call_id == initiated.call_id == finished.call_id
+    pbx.wait_for_log("INVITE from bob challenged")
+    pbx.wait_for_log("INVITE from bob to alice relayed")
+    assert tone_seconds_in(listen.audio() / 32768.0, RATE, 600.0) >= 1.0
+
+
+def test_x_headers_of_an_inbound_call_cross_the_pbx(
+    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory
+) -> None:
+    """baresip 1.0.0 cannot put headers on its INVITE (no command sets any): sipp calls,
+    through Kamailio, as a carrier's trunk would."""
+    pbx.start()
+    start_session(worker, pbx, auto_answer_interval=1)
+
+    caller = sipp_factory(
+        "uac_xhdr.xml", remote=pbx.address, args=["-m", "1", "-d", "500", "-s", pbx.user]
+    )
+    initiated = worker.wait_for_status("incoming_call_initiated", timeout=15)
+    worker.wait_for_status("incoming_call_finished", timeout=15)
+
+    assert caller.wait(timeout=30) == 0, caller.output()
+    assert initiated.callee_id == f"sip:sipp@127.0.0.1:{caller.port}"
+    assert dict(initiated.headers) == {"X-Custom-Caller": "sipp-uac-1", "X-Session-Id": "sess-42"}
+    assert worker.types()[-3:] == [
+        "incoming_call_initiated",
+        "incoming_call_connected",
+        "incoming_call_finished",
+    ]
+    pbx.wait_for_log("INVITE from sipp to alice relayed")
