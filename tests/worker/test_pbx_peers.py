@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip import sip_pb2
-from tests.support.audio import tone_seconds, tone_seconds_in, tone_wav
+from tests.support.audio import mulaw_tone, tone_seconds, tone_seconds_in, tone_wav
 from tests.support.audio_stream import AudioStream, config
 from tests.support.baresip import Baresip
 from tests.support.kamailio import PROXY_CONFIG, Kamailio
@@ -17,6 +17,7 @@ from tests.worker.conftest import WorkerProcess
 
 PHONES = {"bob": "bob-pw-1", "carol": "carol-pw-2"}
 WORKER_TONE = 1000.0
+FAR_END_TONE = 600.0
 RATE = 16000
 
 BaresipFactory = Callable[..., Baresip]
@@ -141,3 +142,39 @@ def test_x_headers_of_an_inbound_call_cross_the_pbx(
         "incoming_call_finished",
     ]
     pbx.wait_for_log("INVITE from sipp to alice relayed")
+
+
+def test_early_media_then_200_connects_only_on_the_200(
+    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory, tmp_path: Path
+) -> None:
+    tone = tmp_path / "announcement.ulaw"
+    tone.write_bytes(mulaw_tone(FAR_END_TONE, 6.0))
+    ivr = sipp_factory("uas_early_media.xml", fill={"TONE": str(tone)}, args=["-m", "1"])
+    pbx.routes["ivr"] = ivr.address
+    pbx.start()
+    start_session(worker, pbx)
+
+    worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="ivr"), timeout=10)
+    ivr.wait_for(r"SIP/2.0 183 Session Progress")
+    # Early media is not an answer: the call is still being set up, for the 3 s until the 200.
+    assert worker.types()[-1] == "outgoing_call_initiated"
+    connected = worker.wait_for_status("outgoing_call_connected", timeout=10)
+    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
+    listen.wait_for("stats", count=2)
+    listen.close()
+    listen.ended()
+    worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    worker.wait_for_status("outgoing_call_finished", timeout=10)
+
+    assert ivr.wait(timeout=20) == 0, ivr.output()
+    assert connected.callee_id == "ivr"
+    sent = [line for _, way, line in ivr.timeline() if way == "sent"]
+    assert sent[:2] == ["SIP/2.0 183 Session Progress", "SIP/2.0 200 OK"]
+    # The stream that began as early media goes on once answered: the worker hears it.
+    assert tone_seconds_in(listen.audio() / 32768.0, RATE, FAR_END_TONE) >= 1.0
+    assert worker.types()[-4:] == [
+        "outgoing_call_initiated",
+        "outgoing_call_connected",
+        "hard_hangup_initiated",
+        "outgoing_call_finished",
+    ]
