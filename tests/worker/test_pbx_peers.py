@@ -178,3 +178,27 @@ def test_early_media_then_200_connects_only_on_the_200(
         "hard_hangup_initiated",
         "outgoing_call_finished",
     ]
+
+
+def test_a_302_is_followed_to_its_target(
+    worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory, sipp_factory: SippFactory
+) -> None:
+    redirector = sipp_factory("uas_redirect.xml", fill={"TARGET": pbx.uri("bob")}, args=["-m", "1"])
+    pbx.routes["moved"] = redirector.address
+    pbx.start()
+    bob = phones("bob")
+    start_session(worker, pbx)
+
+    worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="moved"), timeout=10)
+    connected = worker.wait_for_status("outgoing_call_connected", timeout=15)
+    bob.wait_for_event("CALL_ESTABLISHED")
+    worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    finished = worker.wait_for_status("outgoing_call_finished", timeout=10)
+    bob.wait_for_event("CALL_CLOSED")
+
+    assert redirector.wait(timeout=20) == 0, redirector.output()
+    assert connected.callee_id == "moved"
+    assert connected.description == f"redirected to {pbx.uri('bob')}"
+    assert finished.description == "200 OK"
+    pbx.wait_for_log("INVITE from alice to moved relayed")
+    pbx.wait_for_log("INVITE from alice to bob relayed")
