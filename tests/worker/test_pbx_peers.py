@@ -202,3 +202,35 @@ def test_a_302_is_followed_to_its_target(
     assert finished.description == "200 OK"
     pbx.wait_for_log("INVITE from alice to moved relayed")
     pbx.wait_for_log("INVITE from alice to bob relayed")
+
+
+def test_a_blind_transfer_through_the_pbx_reaches_the_second_phone(
+    worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory
+) -> None:
+    pbx.start()
+    bob = phones("bob")
+    carol = phones("carol", tone_hz=800.0)
+    start_session(worker, pbx)
+    worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="bob"), timeout=10)
+    worker.wait_for_status("outgoing_call_connected", timeout=15)
+    bob.wait_for_event("CALL_ESTABLISHED")
+
+    worker.stub.TransferCall(sip_pb2.TransferCallRequest(transfer_id="carol"), timeout=10)
+    finished = worker.wait_for_status("outgoing_call_finished", timeout=20)
+    carol.wait_for_event("CALL_ESTABLISHED", timeout=15)
+
+    assert worker.types()[-4:] == [
+        "outgoing_call_initiated",
+        "outgoing_call_connected",
+        "transfer_call_initiated",
+        "outgoing_call_finished",
+    ]
+    transfer = worker.history()[-2]
+    assert transfer.transfer_call_id == "carol"
+    assert transfer.sip_response_code == 0
+    assert finished.transfer_call_id == "carol"
+    assert finished.sip_response_code == 202
+    # bob called carol himself (challenged by the PBX as its user), and she answered.
+    pbx.wait_for_log("INVITE from bob to carol relayed")
+    answered = carol.wait_for_event("CALL_ESTABLISHED")
+    assert answered["peeruri"].startswith("sip:bob@"), answered
