@@ -1,10 +1,13 @@
-"""Kamailio as a real registrar (digest auth) and proxy on 127.0.0.1, for the outage tests.
+"""Kamailio as a real registrar (digest auth) and proxy on 127.0.0.1, for the outage and PBX
+peer tests.
 
-The config (kamailio/registrar.cfg) gets a free UDP port, the one user and its password
-filled in; Kamailio runs in the foreground (-DD), logs to stderr (-E) into a file, and keeps
-its runtime files in its own directory (-Y), so that no two instances nor a system one share
-anything. `stop()` and `start()` keep the port: a restart forgets every binding (usrloc holds
-them in memory only), which is what a registrar that restarts does.
+The config (kamailio/registrar.cfg by default, or kamailio/proxy.cfg: several users, INVITEs
+of its own users challenged, static routes to far ends that do not register) gets a free UDP
+port, the users and their passwords filled in; Kamailio runs in the foreground (-DD), logs
+to stderr (-E) into a file, and keeps its runtime files in its own directory (-Y), so that no
+two instances nor a system one share anything. `stop()` and `start()` keep the port: a
+restart forgets every binding (usrloc holds them in memory only), which is what a registrar
+that restarts does.
 """
 
 import contextlib
@@ -15,7 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER
 from tests.support.sipp import free_udp_port
 
 CONFIG = Path(__file__).parent / "kamailio" / "registrar.cfg"
+PROXY_CONFIG = Path(__file__).parent / "kamailio" / "proxy.cfg"
 
 
 def kamailio_binary() -> str:
@@ -34,10 +38,24 @@ def kamailio_binary() -> str:
 
 
 class Kamailio:
-    def __init__(self, workdir: Path, user: str = SIPP_USER, password: str = SIPP_PASSWORD):
+    def __init__(
+        self,
+        workdir: Path,
+        user: str = SIPP_USER,
+        password: str = SIPP_PASSWORD,
+        *,
+        config: Path = CONFIG,
+        users: Mapping[str, str] | None = None,
+        routes: Mapping[str, str] | None = None,
+    ):
+        """`users` (name: password) may register besides `user`, and `routes` (user: `host:port`)
+        are where INVITEs for those users go; both need proxy.cfg."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = config
         self.user = user
+        self.users = dict(users or {})
+        self.routes = dict(routes or {})
         self.port = free_udp_port()
         self.password = password
         self.log_path = workdir / f"kamailio-{self.port}.log"
@@ -51,15 +69,21 @@ class Kamailio:
     def account(self) -> str:
         return f"{self.user}@{self.address}"
 
+    def uri(self, user: str) -> str:
+        return f"sip:{user}@{self.address}"
+
     def start(self, password: str | None = None) -> "Kamailio":
         """Starts it (with `password` for the user from now on, if given) and waits until it
         answers SIP."""
         if password is not None:
             self.password = password
-        config = CONFIG.read_text()
+        config = self.config.read_text()
         for name, value in {"PORT": str(self.port), "USER": self.user}.items():
             config = config.replace(f"@{name}@", value)
         config = config.replace("@PASSWORD@", self.password)
+        passwords = {self.user: self.password, **self.users}
+        config = config.replace("@PASSWORDS@", _table("passwords", passwords))
+        config = config.replace("@ROUTES@", _table("routes", self.routes))
         config_path = self.workdir / f"kamailio-{self.port}.cfg"
         config_path.write_text(config)
         runtime = self.workdir / f"run-{self.port}"
@@ -130,6 +154,11 @@ class Kamailio:
                 if reply.startswith(b"SIP/2.0 "):
                     return
         raise RuntimeError(f"kamailio did not answer on {self.address}:\n{self.log()}")
+
+
+def _table(name: str, items: Mapping[str, str]) -> str:
+    """Config lines that fill the htable `name` when Kamailio starts."""
+    return "\n".join(f'\t$sht({name}=>{key}) = "{value}";' for key, value in items.items())
 
 
 def _options(address: str, local_port: int) -> bytes:

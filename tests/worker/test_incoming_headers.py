@@ -1,8 +1,9 @@
-"""Reading the caller, X- headers and body completeness from a raw INVITE."""
+"""Reading the caller, X- headers and body completeness from a raw INVITE, and the Contact
+of a redirect."""
 
 import pytest
 
-from sip_worker.incoming_headers import body_is_truncated, caller_uri, custom_headers
+from sip_worker.incoming_headers import body_is_truncated, caller_uri, contact_uri, custom_headers
 
 INVITE = (
     "INVITE sip:worker@127.0.0.1:5060 SIP/2.0\r\n"
@@ -37,6 +38,15 @@ def test_caller_keeps_the_port() -> None:
         "sip:sipp@127.0.0.1:5071"
     )
     assert caller_uri("INVITE sip:a@b SIP/2.0\r\n\r\n") is None
+
+
+def test_the_contact_of_a_redirect_keeps_its_port_and_the_first_of_several_wins() -> None:
+    moved = "SIP/2.0 302 Moved Temporarily\r\nCSeq: 1 INVITE\r\n"
+    assert contact_uri(moved + "Contact: <sip:bob@127.0.0.1:5080>\r\n\r\n") == (
+        "sip:bob@127.0.0.1:5080"
+    )
+    assert contact_uri(moved + "m: sip:a@h:1;q=0.5, <sip:b@h:2>\r\n\r\n") == "sip:a@h:1"
+    assert contact_uri(moved + "\r\n") is None
 
 
 HEAD = "INVITE sip:worker@127.0.0.1 SIP/2.0\r\nCall-ID: 1\r\n"

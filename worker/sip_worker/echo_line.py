@@ -95,6 +95,10 @@ class EchoLine:
     def call_dtmf(self, call: SipCall, digit: str, duration_ms: int) -> None:
         """Nothing to do: the line echoes audio, not the caller's digits."""
 
+    def call_redirected(self, call: SipCall, target: str, response: str) -> bool:
+        """Never told: the line places no calls."""
+        return False
+
     @owner_thread
     def _let_go(self) -> None:
         """At stop, after hangupAllCalls: every PJSUA2 object is dropped before libDestroy."""

@@ -1,5 +1,5 @@
-"""The caller, the `X-` headers and the completeness of an incoming SIP request, read from
-its raw text.
+"""The caller, the `X-` headers and the completeness of an incoming SIP request, and the
+Contact of a redirect, read from the message's raw text.
 
 PJSUA2 hands an incoming INVITE to the application only as the whole message text, so the
 header section is parsed here: names are matched case-insensitively, folded lines are joined,
@@ -41,6 +41,14 @@ def caller_uri(message: str) -> str | None:
     for name, value in _header_lines(message):
         if name.lower() in ("from", "f"):
             return address_of(value)
+    return None
+
+
+def contact_uri(message: str) -> str | None:
+    """The first URI of the Contact header (port kept), or None without one."""
+    for name, value in _header_lines(message):
+        if name.lower() in ("contact", "m"):
+            return address_of(value.split(",", 1)[0])
     return None
 
 

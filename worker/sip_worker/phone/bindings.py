@@ -111,6 +111,7 @@ class CallEvents(Protocol):
         self, call: "SipCall", code: int, reason: str, final: bool
     ) -> None: ...
     def call_dtmf(self, call: "SipCall", digit: str, duration_ms: int) -> None: ...
+    def call_redirected(self, call: "SipCall", target: str, response: str) -> bool: ...
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
@@ -140,12 +141,33 @@ class SipCall(pj.Call):  # type: ignore[misc]
         duration = int(prm.duration)
         self.events.call_dtmf(self, str(prm.digit), duration if duration < 0xFFFF else 0)
 
+    def onCallRedirected(self, prm: Any) -> int:
+        # Not `_callback`: PJSUA acts on the answer. PJSUA2's own answer is to stop (the call
+        # then fails); an error here stops it too.
+        follow = False
+        try:
+            assert_owner("SipCall.onCallRedirected")
+            follow = self.events.call_redirected(self, str(prm.targetUri), _received(prm.e))
+        except ThreadMisuse:
+            pass  # recorded and logged by the guard; tests fail on it
+        except Exception:
+            log.exception("error in the PJSUA2 callback SipCall.onCallRedirected")
+        return int(pj.PJSIP_REDIRECT_ACCEPT if follow else pj.PJSIP_REDIRECT_STOP)
+
     @_callback
     def onCallTransferStatus(self, prm: Any) -> None:
         prm.cont = True  # stay subscribed until the final NOTIFY
         self.events.call_transfer_progress(
             self, int(prm.statusCode), str(prm.reason), bool(prm.finalNotify)
         )
+
+
+def _received(event: Any) -> str:
+    """The whole text of the message a SipEvent received, or "" for another event."""
+    if event.type != pj.PJSIP_EVENT_TSX_STATE:
+        return ""
+    state = event.body.tsxState
+    return str(state.src.rdata.wholeMsg) if state.type == pj.PJSIP_EVENT_RX_MSG else ""
 
 
 class SipPlayer(pj.AudioMediaPlayer):  # type: ignore[misc]

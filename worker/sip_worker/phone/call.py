@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Slack between the end of the last queued audio and the BYE, for the far end's jitter buffer.
 SOFT_HANGUP_SLACK = 0.2
+# Redirects (3xx) a call follows before it fails with the last one: a bound on loops.
+MAX_REDIRECTS = 5
 
 
 class CallPhase(enum.Enum):
@@ -107,6 +109,7 @@ class ActiveCall:
         self._dialing = False
         self._ended_while_dialing = ""  # the SIP code and reason, if so
         self._hang_up_cause = ""  # the finished status's description, if not the SIP one
+        self._redirects: list[str] = []  # the targets of the redirects followed, in order
 
     @property
     def serial(self) -> int:
@@ -302,13 +305,25 @@ class ActiveCall:
     # ------------------------------------------------------------ events
 
     @owner_thread
+    def redirected(self, target: str) -> bool:
+        """A 3xx to `target` (`sip:user@host:port`) while the call is set up: whether to follow
+        it (PJSUA sends the INVITE there, with the account's credentials for a challenge)."""
+        if self.phase is not CallPhase.SETTING_UP or len(self._redirects) >= MAX_REDIRECTS:
+            log.info("not following the redirect to %s", target)
+            return False
+        log.info("following the redirect to %s", target)
+        self._redirects.append(target)
+        return True
+
+    @owner_thread
     def confirmed(self) -> None:
         if self.connected or self.phase is CallPhase.FINISHED:
             return
         self.connected = True
         if self.phase is CallPhase.SETTING_UP:
             self.phase = CallPhase.CONNECTED
-        self._record(CallStep.CONNECTED)
+        redirect = f"redirected to {self._redirects[-1]}" if self._redirects else ""
+        self._record(CallStep.CONNECTED, description=redirect)
         self.media_timeout.connected(self.sip)
 
     @owner_thread

@@ -30,7 +30,13 @@ from ondewo.sip.sip_pb2 import SipStatus
 from sip_contract.status import CallStep, Direction
 from sip_worker.errors import InvalidArgument, PhoneError, Unreachable, WrongState
 from sip_worker.history import StatusHistory
-from sip_worker.incoming_headers import address_of, body_is_truncated, caller_uri, custom_headers
+from sip_worker.incoming_headers import (
+    address_of,
+    body_is_truncated,
+    caller_uri,
+    contact_uri,
+    custom_headers,
+)
 from sip_worker.metrics import count_untrusted_request
 from sip_worker.phone.audio_tap import AudioTap, EndReason, StreamSettings
 from sip_worker.phone.bindings import SipAccount, SipCall, answer_parameters
@@ -408,6 +414,11 @@ class Session:
     def call_transfer_progress(self, sip: SipCall, code: int, reason: str, final: bool) -> None:
         if (call := self._active(sip)) is not None:
             call.transfer_progress(code, reason, final)
+
+    @owner_thread
+    def call_redirected(self, sip: SipCall, target: str, response: str) -> bool:
+        call = self._active(sip)
+        return call is not None and call.redirected(contact_uri(response) or target)
 
     def _active(self, sip: SipCall) -> ActiveCall | None:
         return self.call if self.call is not None and self.call.sip is sip else None
