@@ -4,7 +4,8 @@ The config (kamailio/registrar.cfg) gets a free UDP port, the one user and its p
 filled in; Kamailio runs in the foreground (-DD), logs to stderr (-E) into a file, and keeps
 its runtime files in its own directory (-Y), so that no two instances nor a system one share
 anything. `stop()` and `start()` keep the port: a restart forgets every binding (usrloc holds
-them in memory only), which is what a registrar that restarts does.
+them in memory only), which is what a registrar that restarts does. With `tls` (a
+`KamailioTls`) it also listens for SIP over TLS (kamailio/tls.cfg) on `tls_port`.
 """
 
 import contextlib
@@ -16,14 +17,27 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.certificates import Issued
 from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER
-from tests.support.sipp import free_udp_port
+from tests.support.sipp import free_tcp_port, free_udp_port
 
 CONFIG = Path(__file__).parent / "kamailio" / "registrar.cfg"
+TLS_CONFIG = Path(__file__).parent / "kamailio" / "tls.cfg"
+
+
+@dataclass(frozen=True)
+class KamailioTls:
+    """Kamailio's TLS listener: its certificate, and the CA its clients' certificates must
+    come from when `require_client_certificate` (mutual TLS)."""
+
+    server: Issued
+    ca: Path
+    require_client_certificate: bool = False
 
 
 def kamailio_binary() -> str:
@@ -34,12 +48,20 @@ def kamailio_binary() -> str:
 
 
 class Kamailio:
-    def __init__(self, workdir: Path, user: str = SIPP_USER, password: str = SIPP_PASSWORD):
+    def __init__(
+        self,
+        workdir: Path,
+        user: str = SIPP_USER,
+        password: str = SIPP_PASSWORD,
+        tls: KamailioTls | None = None,
+    ):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = user
         self.port = free_udp_port()
         self.password = password
+        self.tls = tls
+        self.tls_port = free_tcp_port() if tls is not None else 0
         self.log_path = workdir / f"kamailio-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -51,6 +73,15 @@ class Kamailio:
     def account(self) -> str:
         return f"{self.user}@{self.address}"
 
+    @property
+    def tls_address(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
+
+    @property
+    def tls_account(self) -> str:
+        """The user's account at the TLS listener (`sip:` and `sips:` both go over TLS)."""
+        return f"{self.user}@{self.tls_address}"
+
     def start(self, password: str | None = None) -> "Kamailio":
         """Starts it (with `password` for the user from now on, if given) and waits until it
         answers SIP."""
@@ -60,6 +91,12 @@ class Kamailio:
         for name, value in {"PORT": str(self.port), "USER": self.user}.items():
             config = config.replace(f"@{name}@", value)
         config = config.replace("@PASSWORD@", self.password)
+        defines: list[str] = []
+        if self.tls is not None:
+            tls_path = self._write_tls_config(self.tls)
+            config = config.replace("@TLS_PORT@", str(self.tls_port))
+            config = config.replace("@TLS_CONFIG@", str(tls_path))
+            defines = ["-A", "WITH_TLS"]
         config_path = self.workdir / f"kamailio-{self.port}.cfg"
         config_path.write_text(config)
         runtime = self.workdir / f"run-{self.port}"
@@ -68,7 +105,9 @@ class Kamailio:
             self.process = subprocess.Popen(
                 [
                     *(kamailio_binary(), "-DD", "-E", "-f", str(config_path)),
-                    *("-Y", str(runtime), "-m", "16", "-M", "4"),
+                    # OpenSSL wants more shared memory than plain SIP does.
+                    *("-Y", str(runtime), "-m", "64" if defines else "16", "-M", "4"),
+                    *defines,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -77,6 +116,20 @@ class Kamailio:
             )
         self._wait_answering()
         return self
+
+    def _write_tls_config(self, tls: KamailioTls) -> Path:
+        values = {
+            "CERTIFICATE": str(tls.server.certificate),
+            "KEY": str(tls.server.key),
+            "CA": str(tls.ca),
+            "REQUIRE": "yes" if tls.require_client_certificate else "no",
+        }
+        config = TLS_CONFIG.read_text()
+        for name, value in values.items():
+            config = config.replace(f"@{name}@", value)
+        path = self.workdir / f"tls-{self.port}.cfg"
+        path.write_text(config)
+        return path
 
     def stop(self) -> None:
         """Ends Kamailio and its children (their process group); idempotent."""
