@@ -6,6 +6,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 _EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
@@ -52,3 +54,9 @@ class TestCa:
 
     def _openssl(self, *args: str) -> None:
         subprocess.run(["openssl", *args], cwd=self.folder, check=True, capture_output=True)
+
+
+@pytest.fixture()
+def ca(tmp_path: Path) -> TestCa:
+    """A fresh test CA."""
+    return TestCa(tmp_path / "ca")

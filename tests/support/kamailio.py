@@ -16,13 +16,13 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.certificates import Issued
+from tests.support.certificates import Issued, TestCa
 from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER
 from tests.support.sipp import free_tcp_port, free_udp_port
 
@@ -206,4 +206,24 @@ def kamailio(tmp_path: Path) -> Iterator[Kamailio]:
     try:
         yield registrar.start()
     finally:
+        registrar.stop()
+
+
+KamailioFactory = Callable[..., Kamailio]
+
+
+@pytest.fixture()
+def tls_kamailio_factory(tmp_path: Path, ca: TestCa) -> Iterator[KamailioFactory]:
+    """Starts Kamailio registrars that also listen for SIP over TLS, with a certificate the test
+    CA signed; `require_client_certificate=True` for mutual TLS. Stopped in teardown."""
+    started: list[Kamailio] = []
+
+    def factory(require_client_certificate: bool = False) -> Kamailio:
+        tls = KamailioTls(ca.issue("kamailio"), ca.certificate, require_client_certificate)
+        registrar = Kamailio(tmp_path / f"kamailio-tls-{len(started)}", tls=tls)
+        started.append(registrar)
+        return registrar.start()
+
+    yield factory
+    for registrar in started:
         registrar.stop()

@@ -1,46 +1,28 @@
 """SIP over TLS: REGISTER and calls to Kamailio's TLS listener, certificates checked against a
 test CA that the fixture makes; a wrong CA refused with a clear error; mutual TLS."""
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from ondewo.sip import sip_pb2
-from tests.support.certificates import TestCa
-from tests.support.kamailio import Kamailio, KamailioTls
+from tests.support.certificates import Issued, TestCa
+from tests.support.kamailio import KamailioFactory
+from tests.support.recording_peer import RecordingPeer
 from tests.support.sip_peers import SIPP_PASSWORD
 from tests.worker.conftest import WorkerFactory, WorkerProcess
 
 SAVED = "saved the binding of alice"
 SAVED_OVER_TLS = "(received over tls)"
-KamailioFactory = Callable[..., Kamailio]
-
-
-@pytest.fixture()
-def ca(tmp_path: Path) -> TestCa:
-    return TestCa(tmp_path / "ca")
-
-
-@pytest.fixture()
-def tls_kamailio_factory(tmp_path: Path, ca: TestCa) -> Iterator[KamailioFactory]:
-    """Starts Kamailio registrars with a TLS listener whose certificate the test CA signed."""
-    started: list[Kamailio] = []
-
-    def factory(require_client_certificate: bool = False) -> Kamailio:
-        tls = KamailioTls(ca.issue("kamailio"), ca.certificate, require_client_certificate)
-        registrar = Kamailio(tmp_path / f"kamailio-{len(started)}", tls=tls)
-        started.append(registrar)
-        return registrar.start()
-
-    yield factory
-    for registrar in started:
-        registrar.stop()
 
 
 def tls_worker(worker_factory: WorkerFactory, ca_file: Path, *args: str) -> WorkerProcess:
     return worker_factory("--sip-transport", "tls", "--tls-ca-file", str(ca_file), *args)
+
+
+def as_pair(issued: Issued) -> tuple[Path, Path]:
+    return issued.certificate, issued.key
 
 
 def register(worker: WorkerProcess, account: str) -> None:
@@ -75,3 +57,63 @@ def test_a_server_certificate_from_another_ca_is_refused(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "TLS: certificate verify failed" in refused.value.details()
     assert SAVED not in kamailio.log()
+
+
+def test_mutual_tls_needs_the_worker_certificate(
+    worker_factory: WorkerFactory, tls_kamailio_factory: KamailioFactory, ca: TestCa
+) -> None:
+    kamailio = tls_kamailio_factory(require_client_certificate=True)
+    anonymous = tls_worker(worker_factory, ca.certificate)
+    with pytest.raises(grpc.RpcError) as refused:
+        register(anonymous, kamailio.tls_account)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert SAVED not in kamailio.log()
+
+    client = ca.issue("worker")
+    worker = tls_worker(
+        worker_factory,
+        ca.certificate,
+        *("--tls-cert-file", str(client.certificate), "--tls-key-file", str(client.key)),
+    )
+    register(worker, kamailio.tls_account)
+
+    kamailio.wait_for_log(SAVED_OVER_TLS)
+    assert client.key.read_text() not in worker.log()
+
+
+def test_calls_both_ways_over_tls(
+    worker_factory: WorkerFactory,
+    tls_kamailio_factory: KamailioFactory,
+    ca: TestCa,
+    tmp_path: Path,
+) -> None:
+    kamailio = tls_kamailio_factory()
+    worker = tls_worker(worker_factory, ca.certificate)
+    register(worker, kamailio.tls_account)
+    worker.stub.StartSession(
+        sip_pb2.StartSessionRequest(account_name=kamailio.tls_account, auto_answer_interval=1),
+        timeout=10,
+    )
+    peer = RecordingPeer(tmp_path / "peer", tls=as_pair(ca.issue("peer")))
+    try:
+        # In through Kamailio, which relays it over the worker's TLS connection.
+        peer.command(f"call sip:alice@{kamailio.tls_address};transport=tls")
+        peer.wait_for("CONFIRMED")
+        worker.wait_for_status("incoming_call_connected")
+        peer.command("hangup")
+        worker.wait_for_status("incoming_call_finished")
+
+        # Out to the peer, whose certificate (IP SAN 127.0.0.1) the worker checks.
+        worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id=peer.uri), timeout=10)
+        worker.wait_for_status("outgoing_call_connected")
+        worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+        worker.wait_for_status("outgoing_call_finished")
+    finally:
+        peer.stop()
+
+
+def test_sips_is_refused_without_tls(worker: WorkerProcess) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        register(worker, "sips:alice@127.0.0.1:5061")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--sip-transport tls" in refused.value.details()
