@@ -21,6 +21,7 @@ from tests.support.kamailio import Kamailio, KamailioFactory
 from tests.support.recording_peer import RecordingPeer
 from tests.support.sip_peers import SIPP_PASSWORD
 from tests.worker.conftest import WorkerFactory, WorkerProcess
+from tests.worker.test_tls import tls_worker
 
 RATE = 16000
 WORKER_TONE = 1000.0
@@ -48,10 +49,7 @@ def line_factory(
 
     def factory(worker_srtp: str, peer_srtp: str, session: bool = True) -> Line:
         kamailio = tls_kamailio_factory()
-        worker = worker_factory(
-            *("--sip-transport", "tls", "--tls-ca-file", str(ca.certificate)),
-            *("--srtp", worker_srtp),
-        )
+        worker = tls_worker(worker_factory, ca.certificate, "--srtp", worker_srtp)
         issued = ca.issue(f"peer-{len(peers)}")
         peer = RecordingPeer(
             tmp_path / f"peer-{len(peers)}", tls=(issued.certificate, issued.key), srtp=peer_srtp

@@ -1,6 +1,8 @@
 """SIP over TLS: REGISTER and calls to Kamailio's TLS listener, certificates checked against a
 test CA that the fixture makes; a wrong CA refused with a clear error; mutual TLS."""
 
+import re
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -11,14 +13,21 @@ from tests.support.certificates import Issued, TestCa
 from tests.support.kamailio import KamailioFactory
 from tests.support.recording_peer import RecordingPeer
 from tests.support.sip_peers import SIPP_PASSWORD
+from tests.support.sipp import free_tcp_port
 from tests.worker.conftest import WorkerFactory, WorkerProcess
 
 SAVED = "saved the binding of alice"
 SAVED_OVER_TLS = "(received over tls)"
+REFUSED = r"\(NONE\) \(NONE\)"
 
 
 def tls_worker(worker_factory: WorkerFactory, ca_file: Path, *args: str) -> WorkerProcess:
-    return worker_factory("--sip-transport", "tls", "--tls-ca-file", str(ca_file), *args)
+    """A worker on SIP over TLS that trusts `ca_file`. Its port is a free TCP one: a port free
+    for UDP may be an outgoing TCP connection's, on which PJSIP's listen() fails silently."""
+    return worker_factory(
+        *("--sip-transport", "tls", "--sip-port", str(free_tcp_port())),
+        *("--tls-ca-file", str(ca_file), *args),
+    )
 
 
 def as_pair(issued: Issued) -> tuple[Path, Path]:
@@ -117,3 +126,48 @@ def test_sips_is_refused_without_tls(worker: WorkerProcess) -> None:
         register(worker, "sips:alice@127.0.0.1:5061")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "--sip-transport tls" in refused.value.details()
+
+
+def handshake(port: int, ca_file: Path, *options: str) -> str:
+    """What `openssl s_client` negotiates with the worker's TLS listener: `TLSv1.2 <cipher>`,
+    or `(NONE) (NONE)` when the listener refuses."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_file), *options],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    found = re.search(r"New, (\S+), Cipher is (\S+)", result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    return f"{found[1]} {found[2]}"
+
+
+@pytest.mark.parametrize(
+    ("options", "negotiated"),
+    [
+        (["-tls1_2"], r"TLSv1\.2 ECDHE-ECDSA-AES(128|256)-GCM-SHA(256|384)"),
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+            r"TLSv1\.2 ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (["-tls1_3"], REFUSED),
+        (["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], REFUSED),
+        (["-tls1_2", "-cipher", "AES128-SHA@SECLEVEL=0"], REFUSED),
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA"],
+            REFUSED,
+        ),
+    ],
+    ids=["default", "aes128-gcm", "tls1.3", "tls1.1", "no forward secrecy", "cbc"],
+)
+def test_the_tls_listener_speaks_tls_1_2_with_ecdhe_and_aes_gcm_only(
+    worker_factory: WorkerFactory, ca: TestCa, options: list[str], negotiated: str
+) -> None:
+    certificate = ca.issue("worker")
+    worker = tls_worker(
+        worker_factory,
+        ca.certificate,
+        *("--tls-cert-file", str(certificate.certificate), "--tls-key-file", str(certificate.key)),
+    )
+    assert re.fullmatch(negotiated, handshake(worker.sip_port, ca.certificate, *options))

@@ -554,7 +554,7 @@ def _check_tls(config: WorkerConfig) -> None:
             and getattr(config, setting.name) != getattr(_DEFAULTS, setting.name)
         ]
         if given:
-            raise ConfigError(f"{', '.join(given)} need --sip-transport tls")
+            raise ConfigError(f"{', '.join(given)}: only with --sip-transport tls")
         if config.srtp != "off":
             # SDES carries the SRTP keys in the SDP: over UDP or TCP anyone on the path reads them.
             raise ConfigError(
