@@ -5,12 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kamailio import kamailio
+from tests.support.certificates import ca
+from tests.support.kamailio import kamailio, tls_kamailio_factory
 from tests.support.redis_cluster import RedisClusterOfThree
 from tests.support.redis_server import RedisServer
 from tests.support.sip_peers import registrar, sipp_factory
 
-__all__ = ["kamailio", "registrar", "sipp_factory"]  # fixtures shared with every area
+__all__ = [
+    "ca",
+    "kamailio",
+    "registrar",
+    "sipp_factory",
+    "tls_kamailio_factory",
+]  # fixtures shared with every area
 
 
 @pytest.fixture()

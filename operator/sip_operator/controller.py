@@ -23,6 +23,7 @@ from sip_operator.phase import Observation, PendingUpdate, PodState, WorkerStatu
 from sip_operator.pod_builder import (
     ANNOTATION_DRAIN_DEADLINE,
     ANNOTATION_SPEC_HASH,
+    TLS_KEYS,
     TOKEN_KEY,
     SessionRef,
     build_pod,
@@ -394,8 +395,11 @@ class SessionController:
         problem = await self._secret_problem(session.key[0], spec)
         if problem:
             return await self._fail(session, spec, problem, ErrorKind.SECRET)
+        tls_keys = await self._tls_keys(session.key[0], spec)
+        if isinstance(tls_keys, str):
+            return await self._fail(session, spec, tls_keys, ErrorKind.SECRET)
         slot = await self._slot_for_pod(session, spec)
-        created = await self._create_pod(session, spec, slot)
+        created = await self._create_pod(session, spec, slot, tls_keys)
         if created is None:
             return self._settings.backoff(1)
         if isinstance(created, str):
@@ -573,6 +577,21 @@ class SessionController:
                 return problem
         return None
 
+    async def _tls_keys(self, namespace: str, spec: SessionSpec) -> frozenset[str] | str:
+        """The certificate keys spec.tls's Secret holds, or why they cannot be used."""
+        if spec.tls_secret is None:
+            return frozenset()
+        where = f"Secret {namespace}/{spec.tls_secret} (named by spec.tls.secretRef)"
+        secret = await self._kube.read_secret(namespace, spec.tls_secret)
+        if secret is None:
+            return f"{where} not found"
+        keys = frozenset(key for key in TLS_KEYS if _has_key(secret, key))
+        if ("tls.crt" in keys) != ("tls.key" in keys):
+            return f"{where}: tls.crt and tls.key go together (mutual TLS)"
+        if not keys:
+            return f"{where} has none of {', '.join(TLS_KEYS)}"
+        return keys
+
     async def _missing(self, namespace: str, ref: SecretKeyRef, source: str) -> str | None:
         secret = await self._kube.read_secret(namespace, ref.name)
         if secret is None:
@@ -582,11 +601,11 @@ class SessionController:
         return None
 
     async def _create_pod(
-        self, session: Session, spec: SessionSpec, slot: int | None
+        self, session: Session, spec: SessionSpec, slot: int | None, tls_keys: frozenset[str]
     ) -> PodState | str | None:
         """The new (or adopted) pod; a problem message; None if it vanished meanwhile."""
         ref = session.ref
-        body = build_pod(ref, spec, self._settings, session.generation, slot)
+        body = build_pod(ref, spec, self._settings, session.generation, slot, tls_keys)
         name = body["metadata"]["name"]
         try:
             created = await self._kube.create_pod(body)

@@ -3,7 +3,8 @@
 Names are deterministic (a function of the SipSession's name), so a restarted operator finds
 what it created before instead of creating it twice. Everything is owned by the SipSession
 (controller ownerReference) and labelled. No secret value is ever put into a pod spec: the
-SIP and Redis passwords arrive through secretKeyRef, the API token as a mounted file.
+SIP and Redis passwords arrive through secretKeyRef, the API token and the TLS certificates and
+key as mounted files.
 """
 
 import base64
@@ -39,6 +40,15 @@ DRAIN_DIR = "/var/run/sip-worker/drain"
 DRAIN_DEADLINE_PATH = "deadline"
 DRAIN_DEADLINE_FILE = f"{DRAIN_DIR}/{DRAIN_DEADLINE_PATH}"
 WORKER_UID = 10001
+TLS_DIR = "/etc/sip-worker/tls"
+# The TLS Secret's keys (kubernetes.io/tls names) and the worker settings that take their files.
+TLS_KEYS = {
+    "ca.crt": "SIP_WORKER_TLS_CA_FILE",
+    "tls.crt": "SIP_WORKER_TLS_CERT_FILE",
+    "tls.key": "SIP_WORKER_TLS_KEY_FILE",
+}
+# A container port's protocol: TLS runs over TCP.
+_PORT_PROTOCOLS = {"udp": "UDP", "tcp": "TCP", "tls": "TCP"}
 
 _DNS_LABEL_MAX = 63
 _NOT_LABEL_CHARS = re.compile(r"[^a-z0-9-]")
@@ -176,7 +186,11 @@ def pod_fingerprint(spec: SessionSpec, slot: int | None) -> str:
 
 
 def _worker_env(
-    session: SessionRef, spec: SessionSpec, settings: OperatorSettings, ports: WorkerPorts
+    session: SessionRef,
+    spec: SessionSpec,
+    settings: OperatorSettings,
+    ports: WorkerPorts,
+    tls_keys: frozenset[str],
 ) -> list[dict[str, Any]]:
     password = spec.password_ref
     env = [
@@ -220,6 +234,18 @@ def _worker_env(
     if settings.redis_password_secret:
         ref = settings.redis_password_secret
         env.append(_secret_env("REDIS_PASSWORD", ref.name, ref.key))
+    return env + _tls_env(spec, tls_keys)
+
+
+def _tls_env(spec: SessionSpec, tls_keys: frozenset[str]) -> list[dict[str, Any]]:
+    """Where the mounted TLS files are (their paths only), whether to verify, and SRTP."""
+    if spec.transport != "tls":
+        return []
+    env = [
+        _env(setting, f"{TLS_DIR}/{key}") for key, setting in TLS_KEYS.items() if key in tls_keys
+    ]
+    env.append(_env("SIP_WORKER_TLS_VERIFY", "true" if spec.tls_verify else "false"))
+    env.append(_env("SIP_WORKER_SRTP", spec.srtp))
     return env
 
 
@@ -240,7 +266,7 @@ def _nat_env(spec: SessionSpec) -> list[dict[str, Any]]:
 def _ports(spec: SessionSpec, ports: WorkerPorts) -> list[dict[str, Any]]:
     declared = [
         {"name": "grpc", "containerPort": ports.grpc, "protocol": "TCP"},
-        {"name": "sip", "containerPort": ports.sip, "protocol": spec.transport.upper()},
+        {"name": "sip", "containerPort": ports.sip, "protocol": _PORT_PROTOCOLS[spec.transport]},
     ]
     if ports.metrics:
         declared.append({"name": "metrics", "containerPort": ports.metrics, "protocol": "TCP"})
@@ -263,8 +289,10 @@ def build_pod(
     settings: OperatorSettings,
     generation: int,
     slot: int | None = None,
+    tls_keys: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The worker pod; `slot` is the port slot of a hostNetwork session (None otherwise)."""
+    """The worker pod; `slot` is the port slot of a hostNetwork session (None otherwise),
+    `tls_keys` the keys of TLS_KEYS that spec.tls's Secret holds (mounted, and named by flags)."""
     names = child_names(session.name)
     metadata = _metadata(session, names.pod)
     metadata["annotations"] = {
@@ -281,7 +309,7 @@ def build_pod(
         "imagePullPolicy": settings.worker_image_pull_policy,
         "command": ["sip-worker"],
         "args": ["--start-session"] if spec.start_session else [],
-        "env": _worker_env(session, spec, settings, ports),
+        "env": _worker_env(session, spec, settings, ports, tls_keys),
         "ports": _ports(spec, ports),
         "resources": spec.resources or _DEFAULT_RESOURCES,
         "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
@@ -343,6 +371,18 @@ def build_pod(
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
+    if spec.tls_secret is not None and tls_keys:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        pod_spec["volumes"].append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": spec.tls_secret,
+                    "items": [{"key": key, "path": key} for key in TLS_KEYS if key in tls_keys],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
     if spec.host_network:
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
     if spec.node_selector:

@@ -32,9 +32,12 @@ DEFAULT_KEEPALIVE_INTERVAL = 15
 MAX_KEEPALIVE_INTERVAL = 3600
 MAX_STUN_SERVERS = 8
 MAX_TRUSTED_SOURCES = 64
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 UNTRUSTED_POLICIES = ("reject", "drop")
 DEFAULT_UNTRUSTED_POLICY = "reject"
+SRTP_MODES = ("off", "optional", "mandatory")
+DEFAULT_SRTP = "off"
+DEFAULT_TLS_VERIFY = True
 # Fields added after the first release, with their defaults: at the default they leave the
 # fingerprint as it was, so that an operator upgrade replaces no existing session's pod.
 _LATER_FIELDS: dict[str, object] = {
@@ -45,6 +48,9 @@ _LATER_FIELDS: dict[str, object] = {
     "public_address": None,
     "trusted_sources": (),
     "untrusted_policy": DEFAULT_UNTRUSTED_POLICY,
+    "srtp": DEFAULT_SRTP,
+    "tls_secret": None,
+    "tls_verify": DEFAULT_TLS_VERIFY,
 }
 # host[:port] of a STUN server: a DNS name, an IPv4 address or a bracketed IPv6 one.
 _HOST_PORT = re.compile(
@@ -81,6 +87,10 @@ class SessionSpec:
     auto_answer_interval: int = DEFAULT_AUTO_ANSWER_INTERVAL
     start_session: bool = DEFAULT_START_SESSION
     transport: str = DEFAULT_TRANSPORT
+    srtp: str = DEFAULT_SRTP
+    # The Secret with ca.crt and (mutual TLS) tls.crt and tls.key; None: the system's CAs.
+    tls_secret: str | None = None
+    tls_verify: bool = DEFAULT_TLS_VERIFY
     stun_servers: tuple[str, ...] = ()
     keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL
     public_address: str | None = None
@@ -179,6 +189,23 @@ def _trusted_sources(sip: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sources)
 
 
+def _tls(spec: Mapping[str, Any], transport: str) -> tuple[str, str | None, bool]:
+    """spec.srtp, spec.tls.secretRef.name and spec.tls.verify, which need transport tls."""
+    srtp = spec.get("srtp", DEFAULT_SRTP)
+    if srtp not in SRTP_MODES:
+        raise SpecError(f"spec.srtp must be one of {', '.join(SRTP_MODES)}")
+    tls = _mapping(spec.get("tls"), "spec.tls")
+    if transport != "tls":
+        if srtp != DEFAULT_SRTP:
+            # SDES keys travel in the SDP: over udp or tcp anyone on the path reads them.
+            raise SpecError("spec.srtp needs spec.transport tls (its keys travel in the SDP)")
+        if tls:
+            raise SpecError("spec.tls needs spec.transport tls")
+    secret_ref = _mapping(tls.get("secretRef"), "spec.tls.secretRef")
+    secret = _string(secret_ref, "name", "spec.tls.secretRef", required=bool(secret_ref))
+    return srtp, secret, _boolean(tls, "verify", "spec.tls", DEFAULT_TLS_VERIFY)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     """The typed spec; raises SpecError for anything the worker could not run with."""
     account = _mapping(spec.get("account"), "spec.account")
@@ -189,6 +216,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
     transport = spec.get("transport", DEFAULT_TRANSPORT)
     if transport not in TRANSPORTS:
         raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}")
+    srtp, tls_secret, tls_verify = _tls(spec, transport)
     worker = _mapping(spec.get("worker"), "spec.worker")
     history = _mapping(spec.get("history"), "spec.history")
     sip = _mapping(spec.get("sip"), "spec.sip")
@@ -219,6 +247,9 @@ def parse_spec(spec: Mapping[str, Any]) -> SessionSpec:
         ),
         start_session=_boolean(spec, "startSession", "spec", DEFAULT_START_SESSION),
         transport=transport,
+        srtp=srtp,
+        tls_secret=tls_secret,
+        tls_verify=tls_verify,
         stun_servers=_stun_servers(sip),
         keepalive_interval=keepalive_interval,
         public_address=public_address,

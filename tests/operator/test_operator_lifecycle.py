@@ -44,6 +44,7 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
 ) -> None:
     example = yaml.safe_load((REPO / "examples/sipsession-full.yaml").read_text())
     cluster.create_secret(namespace, "support-line-sip", {"password": "pw"})
+    cluster.create_secret(namespace, "support-line-tls", {"ca.crt": "a CA certificate"})
     session = cluster.create_session(namespace, "support-line", example["spec"])
 
     pod = wait_for(lambda: cluster.pods(namespace).get("sip-support-line"), what="the pod")
@@ -61,15 +62,17 @@ def test_create_gives_an_owned_wired_and_locked_down_pod_service_and_token(
     assert container["args"] == ["--start-session"]
     env = _env(container)
     literal = {name: item.get("value") for name, item in env.items() if "value" in item}
-    assert literal["SIP_WORKER_ACCOUNT"] == "sip:support@pbx.example.com:5060"
+    assert literal["SIP_WORKER_ACCOUNT"] == "sip:support@pbx.example.com:5061"
     assert literal["SIP_WORKER_SESSION_KEY"] == session_key(namespace, "support-line")
     assert literal["SIP_WORKER_REDIS_URL"] == operator.redis_url
     assert literal["SIP_WORKER_HISTORY_MAX_LEN"] == "50000"
     assert literal["SIP_WORKER_AUTO_ANSWER_INTERVAL"] == "3"
     assert literal["SIP_WORKER_START_SESSION"] == "true"
-    assert literal["SIP_WORKER_SIP_TRANSPORT"] == "tcp"
+    assert literal["SIP_WORKER_SIP_TRANSPORT"] == "tls"
+    assert literal["SIP_WORKER_SRTP"] == "mandatory"
+    assert literal["SIP_WORKER_TLS_CA_FILE"] == "/etc/sip-worker/tls/ca.crt"
     assert literal["SIP_WORKER_AUTH_USERNAME"] == "support-digest"
-    assert literal["SIP_WORKER_OUTBOUND_PROXY"] == "sip:proxy.example.com:5060"
+    assert literal["SIP_WORKER_OUTBOUND_PROXY"] == "sip:proxy.example.com:5061"
     assert literal["SIP_WORKER_NO_REGISTER"] == "true"  # account.register: false
     assert literal["SIP_WORKER_LOG_FORMAT"] == "json"
     assert literal["SIP_WORKER_SIP_HOST"] == "0.0.0.0"

@@ -7,7 +7,8 @@ port, the users and their passwords filled in; Kamailio runs in the foreground (
 to stderr (-E) into a file, and keeps its runtime files in its own directory (-Y), so that no
 two instances nor a system one share anything. `stop()` and `start()` keep the port: a
 restart forgets every binding (usrloc holds them in memory only), which is what a registrar
-that restarts does.
+that restarts does. With `tls` (a `KamailioTls`) it also listens for SIP over TLS
+(kamailio/tls.cfg) on `tls_port`.
 """
 
 import contextlib
@@ -18,16 +19,29 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.certificates import Issued, TestCa
 from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER
-from tests.support.sipp import free_udp_port
+from tests.support.sipp import free_tcp_port, free_udp_port
 
 CONFIG = Path(__file__).parent / "kamailio" / "registrar.cfg"
 PROXY_CONFIG = Path(__file__).parent / "kamailio" / "proxy.cfg"
+TLS_CONFIG = Path(__file__).parent / "kamailio" / "tls.cfg"
+
+
+@dataclass(frozen=True)
+class KamailioTls:
+    """Kamailio's TLS listener: its certificate, and the CA its clients' certificates must
+    come from when `require_client_certificate` (mutual TLS)."""
+
+    server: Issued
+    ca: Path
+    require_client_certificate: bool = False
 
 
 def kamailio_binary() -> str:
@@ -44,6 +58,7 @@ class Kamailio:
         user: str = SIPP_USER,
         password: str = SIPP_PASSWORD,
         *,
+        tls: KamailioTls | None = None,
         config: Path = CONFIG,
         users: Mapping[str, str] | None = None,
         routes: Mapping[str, str] | None = None,
@@ -58,6 +73,8 @@ class Kamailio:
         self.routes = dict(routes or {})
         self.port = free_udp_port()
         self.password = password
+        self.tls = tls
+        self.tls_port = free_tcp_port() if tls is not None else 0
         self.log_path = workdir / f"kamailio-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -72,6 +89,15 @@ class Kamailio:
     def uri(self, user: str) -> str:
         return f"sip:{user}@{self.address}"
 
+    @property
+    def tls_address(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
+
+    @property
+    def tls_account(self) -> str:
+        """The user's account at the TLS listener (`sip:` and `sips:` both go over TLS)."""
+        return f"{self.user}@{self.tls_address}"
+
     def start(self, password: str | None = None) -> "Kamailio":
         """Starts it (with `password` for the user from now on, if given) and waits until it
         answers SIP."""
@@ -84,6 +110,12 @@ class Kamailio:
         passwords = {self.user: self.password, **self.users}
         config = config.replace("@PASSWORDS@", _table("passwords", passwords))
         config = config.replace("@ROUTES@", _table("routes", self.routes))
+        defines: list[str] = []
+        if self.tls is not None:
+            tls_path = self._write_tls_config(self.tls)
+            config = config.replace("@TLS_PORT@", str(self.tls_port))
+            config = config.replace("@TLS_CONFIG@", str(tls_path))
+            defines = ["-A", "WITH_TLS"]
         config_path = self.workdir / f"kamailio-{self.port}.cfg"
         config_path.write_text(config)
         runtime = self.workdir / f"run-{self.port}"
@@ -92,7 +124,9 @@ class Kamailio:
             self.process = subprocess.Popen(
                 [
                     *(kamailio_binary(), "-DD", "-E", "-f", str(config_path)),
-                    *("-Y", str(runtime), "-m", "16", "-M", "4"),
+                    # OpenSSL wants more shared memory than plain SIP does.
+                    *("-Y", str(runtime), "-m", "64" if defines else "16", "-M", "4"),
+                    *defines,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -101,6 +135,20 @@ class Kamailio:
             )
         self._wait_answering()
         return self
+
+    def _write_tls_config(self, tls: KamailioTls) -> Path:
+        values = {
+            "CERTIFICATE": str(tls.server.certificate),
+            "KEY": str(tls.server.key),
+            "CA": str(tls.ca),
+            "REQUIRE": "yes" if tls.require_client_certificate else "no",
+        }
+        config = TLS_CONFIG.read_text()
+        for name, value in values.items():
+            config = config.replace(f"@{name}@", value)
+        path = self.workdir / f"tls-{self.port}.cfg"
+        path.write_text(config)
+        return path
 
     def stop(self) -> None:
         """Ends Kamailio and its children (their process group); idempotent."""
@@ -182,4 +230,24 @@ def kamailio(tmp_path: Path) -> Iterator[Kamailio]:
     try:
         yield registrar.start()
     finally:
+        registrar.stop()
+
+
+KamailioFactory = Callable[..., Kamailio]
+
+
+@pytest.fixture()
+def tls_kamailio_factory(tmp_path: Path, ca: TestCa) -> Iterator[KamailioFactory]:
+    """Starts Kamailio registrars that also listen for SIP over TLS, with a certificate the test
+    CA signed; `require_client_certificate=True` for mutual TLS. Stopped in teardown."""
+    started: list[Kamailio] = []
+
+    def factory(require_client_certificate: bool = False) -> Kamailio:
+        tls = KamailioTls(ca.issue("kamailio"), ca.certificate, require_client_certificate)
+        registrar = Kamailio(tmp_path / f"kamailio-tls-{len(started)}", tls=tls)
+        started.append(registrar)
+        return registrar.start()
+
+    yield factory
+    for registrar in started:
         registrar.stop()

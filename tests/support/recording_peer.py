@@ -15,6 +15,8 @@ STOPPED <path>, PLAYING <path>, PLAYED <path> (the file reached its end), DTMF <
 DISCONNECTED <code>. With --record-calls DIR each call is recorded whole to DIR/call-<n>.wav,
 finished before DISCONNECTED is printed. With --codec ID (such as PCMA/8000 or G722/16000) the
 peer offers and accepts that codec only. --host is the address SIP and RTP bind to (127.0.0.1).
+With --tls-cert and --tls-key it speaks SIP over TLS (TLS 1.2, presenting that certificate,
+checking none), with --srtp optional|mandatory SRTP (SDES) besides or instead of plain RTP.
 """
 
 import argparse
@@ -37,7 +39,14 @@ def _riff_size(path: Path) -> int:
     return int.from_bytes(header[4:8], "little") if len(header) == 8 else 0
 
 
-def run_peer(host: str, port: int, record_calls: Path | None, codec: str | None = None) -> None:
+def run_peer(
+    host: str,
+    port: int,
+    record_calls: Path | None,
+    codec: str | None = None,
+    tls: tuple[Path, Path] | None = None,
+    srtp: str = "off",
+) -> None:
     import pjsua2 as pj
 
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -120,7 +129,12 @@ def run_peer(host: str, port: int, record_calls: Path | None, codec: str | None 
     transport = pj.TransportConfig()
     transport.port = port
     transport.boundAddress = host
-    transport_id = endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+    if tls is not None:
+        transport.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+        transport.tlsConfig.certFile, transport.tlsConfig.privKeyFile = map(str, tls)
+        transport.tlsConfig.verifyServer = False
+    transport_type = pj.PJSIP_TRANSPORT_TLS if tls is not None else pj.PJSIP_TRANSPORT_UDP
+    transport_id = endpoint.transportCreate(transport_type, transport)
     local_port = int(str(endpoint.transportGetInfo(transport_id).localName).rsplit(":", 1)[1])
     endpoint.libStart()
     endpoint.audDevManager().setNullDev()
@@ -134,8 +148,14 @@ def run_peer(host: str, port: int, record_calls: Path | None, codec: str | None 
         for each in codec_ids:
             endpoint.codecSetPriority(each, 255 if each in chosen else 0)
     account_config = pj.AccountConfig()
-    account_config.idUri = f"sip:peer@{host}:{local_port}"
+    suffix = ";transport=tls" if tls is not None else ""
+    account_config.idUri = f"sip:peer@{host}:{local_port}{suffix}"
     account_config.sipConfig.transportId = transport_id
+    account_config.mediaConfig.srtpUse = {
+        "off": pj.PJMEDIA_SRTP_DISABLED,
+        "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+        "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+    }[srtp]
     account_config.mediaConfig.transportConfig.boundAddress = host
     account_config.mediaConfig.transportConfig.publicAddress = host
     account = Account()
@@ -287,12 +307,16 @@ class RecordingPeer:
         host: str = "127.0.0.1",
         port: int = 0,
         prefix: Sequence[str] = (),
+        tls: tuple[Path, Path] | None = None,
+        srtp: str = "off",
     ) -> None:
         """`codec` (such as "PCMA/8000" or "G722/16000"): the only codec the peer takes.
         `host` and `port` (0: any free one) are where it binds SIP; `prefix` goes before the
-        command (such as `ip netns exec NAME`, to run it in another network namespace)."""
+        command (such as `ip netns exec NAME`, to run it in another network namespace).
+        `tls` (certificate, key): SIP over TLS; `srtp`: off, optional or mandatory."""
         self.workdir = workdir
         self.host = host
+        self.tls = tls is not None
         workdir.mkdir(parents=True, exist_ok=True)
         command = [*prefix, sys.executable, "-m", "tests.support.recording_peer"]
         command += ["--host", host, "--port", str(port)]
@@ -300,6 +324,9 @@ class RecordingPeer:
             command += ["--record-calls", str(workdir)]
         if codec is not None:
             command += ["--codec", codec]
+        if tls is not None:
+            command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        command += ["--srtp", srtp]
         self.stderr_path = workdir / "peer-stderr.log"
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
@@ -318,7 +345,8 @@ class RecordingPeer:
 
     @property
     def uri(self) -> str:
-        return f"sip:peer@{self.host}:{self.port}"
+        suffix = ";transport=tls" if self.tls else ""
+        return f"sip:peer@{self.host}:{self.port}{suffix}"
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -387,8 +415,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--record-calls", type=Path)
     parser.add_argument("--codec", help="the only codec to offer and accept, e.g. PCMA/8000")
+    parser.add_argument("--tls-cert", type=Path, help="SIP over TLS with this certificate")
+    parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    parser.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     arguments = parser.parse_args()
-    run_peer(arguments.host, arguments.port, arguments.record_calls, arguments.codec)
+    tls = (arguments.tls_cert, arguments.tls_key) if arguments.tls_cert else None
+    run_peer(
+        arguments.host,
+        arguments.port,
+        arguments.record_calls,
+        arguments.codec,
+        tls,
+        arguments.srtp,
+    )
 
 
 if __name__ == "__main__":

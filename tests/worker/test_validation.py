@@ -79,3 +79,17 @@ def test_bad_headers_are_refused(headers: dict[str, str]) -> None:
 def test_too_many_headers_are_refused() -> None:
     with pytest.raises(InvalidArgument, match="more than"):
         check_headers({f"X-H{i}": "v" for i in range(33)}, "headers")
+
+
+@pytest.mark.parametrize(
+    ("target", "uri"),
+    [
+        ("sips:bob@other.example", "sips:bob@other.example"),
+        ("bob", "sip:bob@pbx.example.com:5070;transport=tls"),
+        ("bob@10.1.2.3:5061", "sip:bob@10.1.2.3:5061;transport=tls"),
+        ("sip:bob@other.example;user=phone", "sip:bob@other.example;user=phone;transport=tls"),
+        ("sip:gw.example;transport=TLS", "sip:gw.example;transport=TLS"),
+    ],
+)
+def test_targets_go_over_tls_when_the_worker_runs_it(target: str, uri: str) -> None:
+    assert target_uri(target, ACCOUNT, "callee_id", tls=True) == uri

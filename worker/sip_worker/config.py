@@ -16,7 +16,8 @@ from typing import Any
 
 ENV_PREFIX = "SIP_WORKER_"
 PASSWORD_ENV = "SIP_WORKER_PASSWORD"
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
+SRTP_MODES = ("off", "optional", "mandatory")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 UNTRUSTED_POLICIES = ("reject", "drop")
@@ -35,6 +36,11 @@ class WorkerConfig:
     sip_host: str = "127.0.0.1"
     sip_port: int = 5060
     sip_transport: str = "udp"
+    tls_ca_file: Path | None = None  # None: the system's CA bundle
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_verify: bool = True
+    srtp: str = "off"
     rtp_port: int = 4000
     rtp_port_count: int = 0  # 0: no bound
     public_address: str | None = None
@@ -229,7 +235,42 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("grpc_port", _port(True), "gRPC port (0 = any free port)", "PORT"),
     _Setting("sip_host", _text, "address the SIP transport and RTP bind to", "HOST"),
     _Setting("sip_port", _port(True), "SIP port (0 = any free port)", "PORT"),
-    _Setting("sip_transport", _choice(TRANSPORTS, str.lower), "SIP transport", "udp|tcp"),
+    _Setting(
+        "sip_transport",
+        _choice(TRANSPORTS, str.lower),
+        "SIP transport; tls is TLS 1.2 (ECDHE with AES-GCM only) and takes sips: accounts and "
+        "targets",
+        "|".join(TRANSPORTS),
+    ),
+    _Setting(
+        "tls_ca_file",
+        _file,
+        "PEM file of the CAs that sign the SIP servers' certificates (for --sip-transport tls)",
+        "PATH",
+        default_text="the system's CA bundle",
+    ),
+    _Setting(
+        "tls_cert_file",
+        _file,
+        "PEM certificate (chain) the worker presents for mutual TLS; needs --tls-key-file",
+        "PATH",
+    ),
+    _Setting("tls_key_file", _file, "PEM private key of --tls-cert-file", "PATH"),
+    _Setting(
+        "tls_verify",
+        _boolean,
+        "verify the SIP server's certificate and name; false accepts any server (an explicit "
+        "choice, for tests and lab set-ups only)",
+        "true|false",
+        default_text="true",
+    ),
+    _Setting(
+        "srtp",
+        _choice(SRTP_MODES, str.lower),
+        "SRTP (SDES keys in the SDP, so --sip-transport tls only): optional offers it and takes "
+        "plain RTP too, mandatory refuses calls without it (488)",
+        "|".join(SRTP_MODES),
+    ),
     _Setting("rtp_port", _port(False), "first RTP port", "PORT"),
     _Setting(
         "rtp_port_count",
@@ -505,11 +546,38 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfi
             f"--rtp-port {config.rtp_port} with --rtp-port-count {config.rtp_port_count} "
             "goes beyond port 65535"
         )
+    _check_tls(config)
     if config.start_session and not config.account:
         raise ConfigError(
             f"--start-session needs --account (env {ENV_PREFIX}ACCOUNT): the account to register"
         )
     return config
+
+
+def _check_tls(config: WorkerConfig) -> None:
+    if config.sip_transport != "tls":
+        given = [
+            setting.flag
+            for setting in SETTINGS
+            if setting.name.startswith("tls_")
+            and getattr(config, setting.name) != getattr(_DEFAULTS, setting.name)
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --sip-transport tls")
+        if config.srtp != "off":
+            # SDES carries the SRTP keys in the SDP: over UDP or TCP anyone on the path reads them.
+            raise ConfigError(
+                f"--srtp {config.srtp} needs --sip-transport tls: its keys travel in the SDP"
+            )
+    if (config.tls_cert_file is None) != (config.tls_key_file is None):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together (mutual TLS)")
+    for flag, path in (
+        ("--tls-ca-file", config.tls_ca_file),
+        ("--tls-cert-file", config.tls_cert_file),
+        ("--tls-key-file", config.tls_key_file),
+    ):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
 
 
 def _reason(error: ValueError) -> str:

@@ -115,24 +115,40 @@ def parse_account_name(account_name: str) -> AccountName:
     return AccountName(match["user"], match["host"], port, scheme == "sips")
 
 
-def target_uri(target: str, account: AccountName, what: str) -> str:
+def target_uri(target: str, account: AccountName, what: str, tls: bool = False) -> str:
     """The SIP URI for a call or transfer target given as a SIP URI, `user@host` or bare user.
 
-    A bare user (or number) is placed in the account's domain. sips: URIs are refused: the
-    worker has no TLS transport.
+    A bare user (or number) is placed in the account's domain. sips: URIs need `tls` (the
+    worker runs SIP over TLS); without it they are refused. With `tls`, sip: URIs go over TLS.
     """
     _check_text(target, what, MAX_TARGET_LENGTH)
     if (uri_match := _TARGET_URI_RE.fullmatch(target)) is not None:
         _check_port(uri_match["port"], what)
-        if uri_match["scheme"].lower() == "sips":
-            raise InvalidArgument(f"{what}: sips: needs SIP over TLS, which this worker lacks")
-        return target
-    if (address_match := _TARGET_ADDRESS_RE.fullmatch(target)) is not None:
+        if uri_match["scheme"].lower() == "sips" and not tls:
+            raise InvalidArgument(
+                f"{what}: sips: needs SIP over TLS, which this worker does not run"
+            )
+        uri = target
+    elif (address_match := _TARGET_ADDRESS_RE.fullmatch(target)) is not None:
         _check_port(address_match["port"], what)
-        return f"{account.scheme}:{target}"
-    if _BARE_USER_RE.fullmatch(target) is not None:
-        return f"{account.scheme}:{target}@{account.domain}"
-    raise InvalidArgument(f"{what} {target!r} is not a SIP URI, user@host or a bare user")
+        uri = f"{account.scheme}:{target}"
+    elif _BARE_USER_RE.fullmatch(target) is not None:
+        uri = f"{account.scheme}:{target}@{account.domain}"
+    else:
+        raise InvalidArgument(f"{what} {target!r} is not a SIP URI, user@host or a bare user")
+    return over_tls(uri) if tls else uri
+
+
+_TRANSPORT_PARAM = re.compile(r";transport=", re.IGNORECASE)
+
+
+def over_tls(uri: str) -> str:
+    """A sip: URI that names no transport, with `;transport=tls`: PJSUA takes the transport of
+    a Contact from the URI it sends to, so without it far ends would send their requests over
+    UDP. sips: URIs mean TLS already."""
+    if uri.lower().startswith("sips:") or _TRANSPORT_PARAM.search(uri):
+        return uri
+    return f"{uri};transport=tls"
 
 
 def check_headers(headers: Mapping[str, str], what: str) -> dict[str, str]:

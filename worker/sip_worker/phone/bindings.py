@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import pjsua2 as pj
 
+from sip_worker.phone.secure_transport import tls_failure
 from sip_worker.phone.threads import ThreadMisuse, assert_owner, media_thread
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,10 @@ class SipAccount(pj.Account):  # type: ignore[misc]
 
     @_callback
     def onRegState(self, prm: Any) -> None:
-        self.events.registration_changed(self, int(prm.code), str(prm.reason), int(prm.expiration))
+        # A failed TLS connection shows as a 503 whose reason ends in PJSIP's error name; say
+        # what went wrong in words instead.
+        reason = tls_failure(str(prm.reason)) or str(prm.reason)
+        self.events.registration_changed(self, int(prm.code), reason, int(prm.expiration))
 
     @_callback
     def onIncomingCall(self, prm: Any) -> None:

@@ -11,6 +11,7 @@ import pjsua2 as pj
 
 from sip_worker.errors import Unreachable
 from sip_worker.phone.bindings import LogWriter
+from sip_worker.phone.secure_transport import tls_config
 from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.threads import owner_thread
 
@@ -26,6 +27,13 @@ CODEC_PRIORITIES = (
     ("iLBC", 0),
     ("GSM", 0),
 )
+
+
+TRANSPORT_TYPES = {
+    "udp": pj.PJSIP_TRANSPORT_UDP,
+    "tcp": pj.PJSIP_TRANSPORT_TCP,
+    "tls": pj.PJSIP_TRANSPORT_TLS,
+}
 
 
 @dataclass
@@ -98,9 +106,9 @@ def _start(library: Any, log_writer: LogWriter, settings: PhoneSettings) -> Endp
     transport_config.boundAddress = settings.sip_host
     if settings.public_address:
         transport_config.publicAddress = settings.public_address
-    transport_type = (
-        pj.PJSIP_TRANSPORT_TCP if settings.sip_transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
-    )
+    if settings.sip_transport == "tls":
+        transport_config.tlsConfig = tls_config(library, settings)
+    transport_type = TRANSPORT_TYPES[settings.sip_transport]
     where = f"{settings.sip_transport} {settings.sip_host}:{settings.sip_port}"
     try:
         transport_id = library.transportCreate(transport_type, transport_config)

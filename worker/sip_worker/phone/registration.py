@@ -31,11 +31,12 @@ from sip_worker.phone.bindings import SipAccount
 from sip_worker.phone.hand_off import Timer
 from sip_worker.phone.owner import PjOwner, pending_future
 from sip_worker.phone.registration_retry import RetryBackoff
+from sip_worker.phone.secure_transport import SRTP_USE
 from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.statuses import StatusRecorder
 from sip_worker.phone.threads import owner_thread
 from sip_worker.phone.trusted_sources import Address, resolve, uri_host
-from sip_worker.validation import AccountName
+from sip_worker.validation import AccountName, over_tls
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ class Registration:
         config.idUri = name.uri
         # Without a registrar URI PJSUA never sends a REGISTER (nor an un-REGISTER).
         if account.registers:
-            config.regConfig.registrarUri = name.registrar_uri
+            config.regConfig.registrarUri = self._over_transport(name.registrar_uri)
             # 0: PJSUA retries nothing itself; `_registration_lost` does, with back-off.
             config.regConfig.retryIntervalSec = 0
             config.regConfig.timeoutSec = settings.register_expiry
@@ -365,10 +366,14 @@ class Registration:
         username = settings.auth_username or name.user
         config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", username, 0, password))
         if settings.outbound_proxy:
-            config.sipConfig.proxies.append(settings.outbound_proxy)
+            config.sipConfig.proxies.append(self._over_transport(settings.outbound_proxy))
         # Contact and Via rewriting from the registrar's received/rport stay on (PJSUA's
         # default); the SDP's address does not follow it, since the RTP port's mapping is unknown.
         config.natConfig.udpKaIntervalSec = settings.keepalive_interval
+        config.mediaConfig.srtpUse = SRTP_USE[settings.srtp]
+        # 1: SRTP only where the first hop is TLS, so that SDES keys never go out in clear text
+        # (the configuration allows SRTP with --sip-transport tls only, this holds it per call).
+        config.mediaConfig.srtpSecureSignaling = 1
         media = config.mediaConfig.transportConfig
         media.port = settings.rtp_port
         if settings.rtp_port_count:
@@ -382,6 +387,9 @@ class Registration:
         elif settings.sip_host not in ("0.0.0.0", "::"):
             media.publicAddress = settings.sip_host
         return config
+
+    def _over_transport(self, uri: str) -> str:
+        return over_tls(uri) if self._settings.sip_transport == "tls" else uri
 
     @owner_thread
     def _send(self, account: Account, register: bool) -> None:

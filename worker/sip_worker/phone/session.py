@@ -83,6 +83,7 @@ class Session:
         self._serials = itertools.count(1)
         self._ports = PortPool()
         self._trusted = TrustedSources(settings.trusted_sources)
+        self._tls = settings.sip_transport == "tls"
         self._services = CallServices(
             owner, self.recorder, self._later, self._post, self._ports, settings.media_timeout
         )
@@ -99,10 +100,10 @@ class Session:
         self, name: AccountName, password: str, record_failure: bool = False
     ) -> "Future[None]":
         self._check_accepting()
-        if name.secure:
+        if name.secure and self._settings.sip_transport != "tls":
             raise InvalidArgument(
-                f"sips: accounts need SIP over TLS, which this worker does not offer "
-                f"(it runs {self._settings.sip_transport})"
+                f"sips: accounts need SIP over TLS; this worker runs "
+                f"{self._settings.sip_transport} (--sip-transport tls)"
             )
         if self.call is not None:
             raise WrongState("a call is in progress; end it before registering")
@@ -225,7 +226,7 @@ class Session:
                 f"the registration of {account.name.canonical} is lost ({lost}); "
                 "the worker is registering again"
             )
-        uri = target_uri(callee_id, account.name, "callee_id")
+        uri = target_uri(callee_id, account.name, "callee_id", self._tls)
         identity = CallIdentity(
             next(self._serials), Direction.OUTGOING, callee_id, headers, requested_ns
         )
@@ -300,7 +301,7 @@ class Session:
         call = self._current_call()
         account = self.registration.current
         assert account is not None
-        uri = target_uri(transfer_id, account.name, "transfer_id")
+        uri = target_uri(transfer_id, account.name, "transfer_id", self._tls)
         call.start_transfer(uri, transfer_id, headers)
 
     @owner_thread

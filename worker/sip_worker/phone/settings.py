@@ -1,6 +1,7 @@
 """What the phone is configured with: the worker's configuration provides it as it is."""
 
 from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
 from typing import Protocol
 
 
@@ -12,7 +13,17 @@ class PhoneSettings(Protocol):
     @property
     def sip_port(self) -> int: ...  # 0 = any free port
     @property
-    def sip_transport(self) -> str: ...  # "udp" | "tcp"
+    def sip_transport(self) -> str: ...  # "udp" | "tcp" | "tls"
+    @property
+    def tls_ca_file(self) -> Path | None: ...  # CAs of the servers; None: the system's bundle
+    @property
+    def tls_cert_file(self) -> Path | None: ...  # our certificate, for mutual TLS
+    @property
+    def tls_key_file(self) -> Path | None: ...  # its private key
+    @property
+    def tls_verify(self) -> bool: ...  # check the server's certificate and name
+    @property
+    def srtp(self) -> str: ...  # "off" | "optional" | "mandatory"
     @property
     def rtp_port(self) -> int: ...  # first RTP port
     @property

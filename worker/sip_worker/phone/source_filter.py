@@ -115,7 +115,7 @@ class SourceFilter:
     """The drop filter on the SIP socket; `admit` replaces the networks it keeps."""
 
     def __init__(self, port: int, transport: str) -> None:
-        kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM  # tcp, tls
         self._socket = _socket_of(port, kind)
 
     def admit(self, networks: Iterable[Network]) -> None:
