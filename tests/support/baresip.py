@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.audio import tone_wav
-from tests.support.sipp import free_media_ports, free_tcp_port, free_udp_port
+from tests.support.sipp import free_media_ports, free_sip_port, free_tcp_port
 
 MODULES = Path("/usr/lib/baresip/modules")
 
@@ -33,21 +33,6 @@ def baresip_binary() -> str:
     if path is None:
         raise RuntimeError("baresip is not on PATH (.ci/run installs the baresip-core package)")
     return path
-
-
-def _free_sip_port() -> int:
-    """A port free for UDP and TCP, with the next one free for TCP: baresip listens for SIP
-    on UDP and TCP there and for SIP over TLS one above, whatever it uses."""
-    for _ in range(100):
-        port = free_udp_port()
-        with socket.socket() as tcp, socket.socket() as tls:
-            try:
-                tcp.bind(("127.0.0.1", port))
-                tls.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free for SIP over UDP, TCP and TLS")
 
 
 class Baresip:
@@ -65,7 +50,7 @@ class Baresip:
         `tone_hz` into every call and answers calls at once (`answer`) or never."""
         self.user = user
         self.registrar = registrar
-        self.sip_port = _free_sip_port()
+        self.sip_port = free_sip_port(2)
         self.control_port = free_tcp_port()
         self.rtp_port = free_media_ports()
         self.dir = workdir / f"baresip-{user}-{self.sip_port}"

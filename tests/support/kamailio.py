@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.certificates import Issued, TestCa
 from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER
-from tests.support.sipp import free_tcp_port, free_udp_port
+from tests.support.sipp import free_sip_port
 
 CONFIG = Path(__file__).parent / "kamailio" / "registrar.cfg"
 PROXY_CONFIG = Path(__file__).parent / "kamailio" / "proxy.cfg"
@@ -71,10 +71,10 @@ class Kamailio:
         self.user = user
         self.users = dict(users or {})
         self.routes = dict(routes or {})
-        self.port = free_udp_port()
+        self.port = free_sip_port()
         self.password = password
         self.tls = tls
-        self.tls_port = free_tcp_port() if tls is not None else 0
+        self.tls_port = free_sip_port() if tls is not None else 0
         self.log_path = workdir / f"kamailio-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -29,36 +29,58 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# Media ports come in blocks below the kernel's ephemeral range (32768 and up), so that no
-# port the kernel hands to a bind(0) (a SIP or control port) can land inside one: sipp binds
-# its media port and the three above it (RTCP, video RTP and RTCP), PJSUA2 a pair per call.
-# Blocks are handed out in turn and only come round again after the whole range is used.
-MEDIA_PORTS = range(20000, 32768)
-_next_media_port = MEDIA_PORTS.start
-# A phone under test takes a new RTP and RTCP pair for each call: room for sixteen calls.
-PHONE_RTP_PORTS = 32
+class PortBlocks:
+    """Blocks of consecutive free ports below the kernel's ephemeral range (32768 and up), so
+    that no port the kernel hands to a bind(0) or to an outgoing TCP connection can land inside
+    one later. Blocks are handed out in turn and only come round again after the whole range
+    is used."""
+
+    def __init__(self, ports: range, kinds: tuple[socket.SocketKind, ...]) -> None:
+        self.ports = ports
+        self._kinds = kinds
+        self._next = ports.start
+
+    def take(self, count: int) -> int:
+        """The first of `count` consecutive ports free for every kind (an even one)."""
+        for _ in range(len(self.ports)):
+            first = self._next
+            if first + count > self.ports.stop:
+                first = self.ports.start
+            self._next = first + count + count % 2
+            if all(
+                _is_free(port, kind) for port in range(first, first + count) for kind in self._kinds
+            ):
+                return first
+        raise RuntimeError(f"no {count} free consecutive ports in {self.ports}")
 
 
-def free_media_ports(count: int = 4) -> int:
-    """The first of `count` consecutive free UDP ports (an even one, as RTP wants)."""
-    global _next_media_port
-    for _ in range(len(MEDIA_PORTS)):
-        first = _next_media_port
-        if first + count > MEDIA_PORTS.stop:
-            first = MEDIA_PORTS.start
-        _next_media_port = first + count + count % 2
-        if all(_udp_port_is_free(port) for port in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} free consecutive UDP ports in {MEDIA_PORTS}")
-
-
-def _udp_port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+def _is_free(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+# sipp binds its media port and the three above it (RTCP, video RTP and RTCP), PJSUA2 a pair
+# per call.
+_MEDIA_PORTS = PortBlocks(range(20000, 32768), (socket.SOCK_DGRAM,))
+# A phone under test takes a new RTP and RTCP pair for each call: room for sixteen calls.
+PHONE_RTP_PORTS = 32
+# A SIP port serves UDP, TCP and TLS alike (a SIP over TLS listener may sit one above).
+_SIP_PORTS = PortBlocks(range(12000, 20000), (socket.SOCK_DGRAM, socket.SOCK_STREAM))
+
+
+def free_media_ports(count: int = 4) -> int:
+    """The first of `count` consecutive free UDP ports (an even one, as RTP wants)."""
+    return _MEDIA_PORTS.take(count)
+
+
+def free_sip_port(count: int = 1) -> int:
+    """A port (the first of `count`) free for SIP over UDP and TCP, below the ephemeral range:
+    no outgoing TCP connection of another process can take it meanwhile."""
+    return _SIP_PORTS.take(count)
 
 
 def sipp_binary() -> str:
@@ -94,7 +116,7 @@ class Sipp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.prefix = list(prefix)
-        self.port = free_udp_port() if transport == "udp" else free_tcp_port()
+        self.port = free_sip_port()
         self.control_port = free_udp_port()
         self.media_port = free_media_ports()
         self.remote = remote

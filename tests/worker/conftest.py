@@ -16,7 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ondewo.sip import sip_pb2, sip_pb2_grpc
 from tests.support.redis_server import RedisServer
 from tests.support.sip_peers import SIPP_PASSWORD, SIPP_USER, account_of
-from tests.support.sipp import PHONE_RTP_PORTS, Sipp, free_media_ports, free_tcp_port, free_udp_port
+from tests.support.sipp import (
+    PHONE_RTP_PORTS,
+    Sipp,
+    free_media_ports,
+    free_sip_port,
+    free_tcp_port,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SIP_WORKER = REPO / ".venv" / "bin" / "sip-worker"
@@ -92,7 +98,7 @@ def start_worker(
     """Starts `sip-worker` on free ports and waits until its gRPC API answers. `prefix` goes
     before the command (such as `ip netns exec NAME`, to run it in another network namespace)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    grpc_port, sip_port = free_tcp_port(), free_udp_port()
+    grpc_port, sip_port = free_tcp_port(), free_sip_port()
     rtp_port = free_media_ports(PHONE_RTP_PORTS)
     command = [
         *prefix,

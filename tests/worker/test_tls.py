@@ -13,7 +13,6 @@ from tests.support.certificates import Issued, TestCa
 from tests.support.kamailio import KamailioFactory
 from tests.support.recording_peer import RecordingPeer
 from tests.support.sip_peers import SIPP_PASSWORD
-from tests.support.sipp import free_tcp_port
 from tests.worker.conftest import WorkerFactory, WorkerProcess
 
 SAVED = "saved the binding of alice"
@@ -22,12 +21,10 @@ REFUSED = r"\(NONE\) \(NONE\)"
 
 
 def tls_worker(worker_factory: WorkerFactory, ca_file: Path, *args: str) -> WorkerProcess:
-    """A worker on SIP over TLS that trusts `ca_file`. Its port is a free TCP one: a port free
-    for UDP may be an outgoing TCP connection's, on which PJSIP's listen() fails silently."""
-    return worker_factory(
-        *("--sip-transport", "tls", "--sip-port", str(free_tcp_port())),
-        *("--tls-ca-file", str(ca_file), *args),
-    )
+    """A worker on SIP over TLS that trusts `ca_file` (its SIP port, as every test worker's, is
+    below the ephemeral range: no outgoing TCP connection holds it, on which PJSIP's listen()
+    would fail silently)."""
+    return worker_factory("--sip-transport", "tls", "--tls-ca-file", str(ca_file), *args)
 
 
 def as_pair(issued: Issued) -> tuple[Path, Path]:
