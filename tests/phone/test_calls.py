@@ -3,6 +3,7 @@
 import pytest
 
 from sip_worker.errors import Unreachable, WrongState
+from sip_worker.phone.transfer import Transfer, TransferOutcome
 from tests.phone.conftest import PhoneUnderTest
 from tests.support.audio import tone_wav
 from tests.support.sip_peers import SippFactory
@@ -127,3 +128,12 @@ def test_an_invite_that_cannot_be_sent_fails_the_call_with_the_error_class(
     phone.history.wait_for("ready")  # the session goes on: the line is free again
     with pytest.raises(WrongState, match="there is no call"):
         phone.phone.end_call(hard_hangup=True)
+
+
+def test_a_notify_of_success_that_overtook_the_refer_s_202_still_counts_as_accepted() -> None:
+    """Through a proxy the NOTIFYs may arrive before the 202 (PJSUA then reports no
+    "Accepted"): the call still leaves by the transfer, with the REFER's 202."""
+    transfer = Transfer()
+    assert transfer.progress(100, "Trying", final=False) == TransferOutcome()
+    assert transfer.progress(200, "OK", final=True) == TransferOutcome(leave=True)
+    assert (transfer.left, transfer.response_code) == (True, 202)

@@ -53,6 +53,9 @@ class Transfer:
         """What the NOTIFY `code reason` of the transfer under way means."""
         log.info("transfer to %s: %d %s%s", self.target, code, reason, " (final)" * final)
         if final and 200 <= code < 300:
+            # A NOTIFY of success means the REFER was accepted, even when it overtook the 202
+            # (a proxy may relay the two in either order; PJSUA then reports no "Accepted").
+            self.response_code = 202
             self.left = True
             return TransferOutcome(leave=True)
         if final:
