@@ -2,6 +2,7 @@
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,8 +107,11 @@ def _start(library: Any, log_writer: LogWriter, settings: PhoneSettings) -> Endp
     transport_config.boundAddress = settings.sip_host
     if settings.public_address:
         transport_config.publicAddress = settings.public_address
+    if settings.sip_transport != "udp":
+        transport_config.sockOptParams = _no_delay()  # TCP's
     if settings.sip_transport == "tls":
         transport_config.tlsConfig = tls_config(library, settings)
+        transport_config.tlsConfig.sockOptParams = _no_delay()
     transport_type = TRANSPORT_TYPES[settings.sip_transport]
     where = f"{settings.sip_transport} {settings.sip_host}:{settings.sip_port}"
     try:
@@ -149,3 +153,16 @@ def destroy_endpoint(library: Any) -> None:
         library.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
     except pj.Error as error:
         log.warning("libDestroy failed: %s", error.reason)
+
+
+def _no_delay() -> Any:
+    """TCP_NODELAY for SIP over TCP and TLS: without it Nagle holds a small segment until the
+    peer's delayed ACK (about 40 ms) whenever one is still unacknowledged, as an INVITE
+    right after the ACK of its 407 is: that doubled call setup over TLS (bench/bench_tls.py)."""
+    option = pj.SockOpt()
+    option.level = socket.IPPROTO_TCP
+    option.optName = socket.TCP_NODELAY
+    option.setOptValInt(1)
+    params = pj.SockOptParams()
+    params.sockOpts.append(option)
+    return params
