@@ -45,9 +45,12 @@ class Baresip:
         *,
         tone_hz: float = 600.0,
         answer: bool = True,
+        media_encryption: str = "",
     ) -> None:
         """A phone for `user` registering at `registrar` (`host:port`) that sends a tone at
-        `tone_hz` into every call and answers calls at once (`answer`) or never."""
+        `tone_hz` into every call and answers calls at once (`answer`) or never.
+        `media_encryption` is the account's `mediaenc` (e.g. `srtp-mand`: SRTP with SDES keys
+        only, RTP/SAVP); none by default."""
         self.user = user
         self.registrar = registrar
         self.sip_port = free_sip_port(2)
@@ -60,6 +63,7 @@ class Baresip:
         self._password = password
         self._tone_hz = tone_hz
         self._answer = answer
+        self._media_encryption = media_encryption
         self.process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._reader: threading.Thread | None = None
@@ -89,6 +93,7 @@ class Baresip:
                     "audio_alert aubridge,nobody",
                     f"module_path {MODULES}",
                     *(f"module {name}.so" for name in ("g711", "aufile", "aubridge", "sndfile")),
+                    *(["module srtp.so"] if self._media_encryption else []),
                     f"snd_path {self.recordings}",
                     *(f"module_app {name}.so" for name in ("account", "menu", "ctrl_tcp")),
                     f"ctrl_tcp_listen 127.0.0.1:{self.control_port}",
@@ -97,8 +102,10 @@ class Baresip:
             )
         )
         answermode = "auto" if self._answer else "manual"
+        encryption = f";mediaenc={self._media_encryption}" if self._media_encryption else ""
         (self.dir / "accounts").write_text(
-            f"<{self.aor}>;auth_pass={self._password};answermode={answermode};regint=60\n"
+            f"<{self.aor}>;auth_pass={self._password};answermode={answermode};regint=60"
+            f"{encryption}\n"
         )
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
