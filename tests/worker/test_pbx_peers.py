@@ -2,6 +2,7 @@
 challenges its users' INVITEs with 407 and stays in the dialogs) and baresip as the phones
 registered behind it, driven through its control interface."""
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -202,6 +203,30 @@ def test_a_302_is_followed_to_its_target(
     assert finished.description == "200 OK"
     pbx.wait_for_log("INVITE from alice to moved relayed")
     pbx.wait_for_log("INVITE from alice to bob relayed")
+
+
+def test_a_302_to_an_untrusted_host_is_not_followed(
+    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory
+) -> None:
+    """Whoever we call could send us, with a 302, to a host that challenges the INVITE and
+    collects a digest of the account's password: only trusted hosts are followed to."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as elsewhere:
+        elsewhere.bind(("127.0.0.2", 0))
+        elsewhere.settimeout(2.0)
+        target = f"sip:bob@127.0.0.2:{elsewhere.getsockname()[1]}"
+        redirector = sipp_factory("uas_redirect.xml", fill={"TARGET": target}, args=["-m", "1"])
+        pbx.routes["moved"] = redirector.address
+        pbx.start()
+        start_session(worker, pbx)
+
+        worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="moved"), timeout=10)
+        failed = worker.wait_for_status("outgoing_call_failed", timeout=15)
+
+        assert failed.description == f"redirected to {target}: not followed (an untrusted host)"
+        with pytest.raises(TimeoutError):
+            elsewhere.recvfrom(4096)  # no INVITE went there
+    assert "outgoing_call_connected" not in worker.types()
+    assert redirector.wait(timeout=20) == 0, redirector.output()
 
 
 def test_a_blind_transfer_through_the_pbx_reaches_the_second_phone(

@@ -305,11 +305,17 @@ class ActiveCall:
     # ------------------------------------------------------------ events
 
     @owner_thread
-    def redirected(self, target: str) -> bool:
+    def redirected(self, target: str, trusted: bool) -> bool:
         """A 3xx to `target` (`sip:user@host:port`) while the call is set up: whether to follow
-        it (PJSUA sends the INVITE there, with the account's credentials for a challenge)."""
-        if self.phase is not CallPhase.SETTING_UP or len(self._redirects) >= MAX_REDIRECTS:
-            log.info("not following the redirect to %s", target)
+        it (PJSUA sends the INVITE there, with the account's credentials for a challenge).
+        A redirect not followed ends the call; PJSUA reports that as 487, so the status says
+        why instead."""
+        if self.phase is not CallPhase.SETTING_UP:
+            return False
+        if not trusted or len(self._redirects) >= MAX_REDIRECTS:
+            why = "an untrusted host" if not trusted else f"after {MAX_REDIRECTS} redirects"
+            self._hang_up_cause = f"redirected to {target}: not followed ({why})"
+            log.info("%s", self._hang_up_cause)
             return False
         log.info("following the redirect to %s", target)
         self._redirects.append(target)

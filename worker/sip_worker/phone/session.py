@@ -50,7 +50,7 @@ from sip_worker.phone.settings import PhoneSettings
 from sip_worker.phone.source_filter import SourceFilter
 from sip_worker.phone.statuses import CallIdentity, StatusRecorder
 from sip_worker.phone.threads import owner_thread
-from sip_worker.phone.trusted_sources import Address, TrustedSources
+from sip_worker.phone.trusted_sources import Address, TrustedSources, resolve, uri_host
 from sip_worker.validation import AccountName, target_uri
 
 log = logging.getLogger(__name__)
@@ -419,7 +419,23 @@ class Session:
     @owner_thread
     def call_redirected(self, sip: SipCall, target: str, response: str) -> bool:
         call = self._active(sip)
-        return call is not None and call.redirected(contact_uri(response) or target)
+        if call is None:
+            return False
+        uri = contact_uri(response) or target
+        return call.redirected(uri, self._may_redirect_to(uri))
+
+    def _may_redirect_to(self, uri: str) -> bool:
+        """PJSUA answers a challenge to the redirected INVITE with the account's credentials,
+        so a 3xx may only send it to a trusted host, or to the outbound proxy (every INVITE
+        goes there first, whatever its target): else anyone we call could redirect us to a
+        host of its choosing and collect a digest of the password to crack offline."""
+        if self._settings.outbound_proxy:
+            return True
+        host = uri_host(uri)
+        current = self.registration.current
+        peers = current.peers if current is not None else frozenset()
+        addresses = resolve([host]) if host is not None else frozenset()
+        return bool(addresses) and all(self._trusted.trusts(a, peers) for a in addresses)
 
     def _active(self, sip: SipCall) -> ActiveCall | None:
         return self.call if self.call is not None and self.call.sip is sip else None

@@ -58,9 +58,11 @@ class TrustedSources:
         self._networks = networks
 
     def admits(self, source: str, peers: frozenset[Address]) -> bool:
+        """Whether PJSIP's `ip:port` source text is trusted."""
         address = source_address(source)
-        if address is None:
-            return False
+        return address is not None and self.trusts(address, peers)
+
+    def trusts(self, address: Address, peers: frozenset[Address]) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return address in peers or any(address in network for network in self._networks)
