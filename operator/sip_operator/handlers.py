@@ -80,7 +80,7 @@ async def stop_operator(memo: kopf.Memo, **_: Any) -> None:
     memo.mirror_task.cancel()
     await asyncio.gather(memo.mirror_task, return_exceptions=True)
     await memo.mirror.close()
-    memo.kube.close()
+    await memo.kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
