@@ -125,8 +125,11 @@ class KubeApi:
         path: str,
         body: Any = None,
         content_type: str = JSON,
+        decode: bool = True,
     ) -> Any:
-        """The decoded JSON reply; AlreadyExists for 409, KubeError for other errors."""
+        """The decoded JSON reply (None unless `decode`: many replies are of no use, and
+        decoding an object costs more than sending it); AlreadyExists for 409, KubeError for
+        other errors."""
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers(None if body is None else content_type)
         try:
@@ -146,14 +149,14 @@ class KubeApi:
             raise AlreadyExists(action, status, reason)
         if not 200 <= status <= 299:
             raise KubeError(action, status, reason)
+        if not decode:
+            return None
         return json.loads(reply) if reply else {}
 
-    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _create(self, kind: str, body: dict[str, Any], decode: bool) -> Any:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        created: dict[str, Any] = await self._call(
-            f"create {kind} {namespace}/{name}", "POST", _core_path(kind, namespace), body
-        )
-        return created
+        action = f"create {kind} {namespace}/{name}"
+        return await self._call(action, "POST", _core_path(kind, namespace), body, decode=decode)
 
     async def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -169,7 +172,10 @@ class KubeApi:
     async def _delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
             await self._call(
-                f"delete {kind} {namespace}/{name}", "DELETE", _core_path(kind, namespace, name)
+                f"delete {kind} {namespace}/{name}",
+                "DELETE",
+                _core_path(kind, namespace, name),
+                decode=False,
             )
         except KubeError as error:
             if error.status == 404:
@@ -180,7 +186,7 @@ class KubeApi:
     async def _merge_patch(self, action: str, path: str, patch: dict[str, Any]) -> bool:
         """False if the object is gone (404)."""
         try:
-            await self._call(action, "PATCH", path, patch, MERGE_PATCH)
+            await self._call(action, "PATCH", path, patch, MERGE_PATCH, decode=False)
         except KubeError as error:
             if error.status == 404:
                 return False
@@ -188,13 +194,15 @@ class KubeApi:
         return True
 
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._create("pods", body)
+        """The pod as created (its uid, its status)."""
+        created: dict[str, Any] = await self._create("pods", body, decode=True)
+        return created
 
-    async def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._create("services", body)
+    async def create_service(self, body: dict[str, Any]) -> None:
+        await self._create("services", body, decode=False)
 
     async def create_secret(self, body: dict[str, Any]) -> None:
-        await self._create("secrets", body)
+        await self._create("secrets", body, decode=False)
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read("pods", namespace, name)
