@@ -10,7 +10,7 @@ handler so that cleanup and the history expiry happen before the SipSession disa
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -35,8 +35,14 @@ def _post_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -
 class NoDiffBase(kopf.DiffBaseStorage):
     """Keeps no last-handled spec: the controller is level-based and never diffs specs.
 
-    kopf would otherwise write an annotation on every spec change, a write for nothing.
+    kopf would otherwise write an annotation on every spec change, a write for nothing, and
+    deep-copy every watched object on every event to compare it with the stored one.
     """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
@@ -80,7 +86,7 @@ async def stop_operator(memo: kopf.Memo, **_: Any) -> None:
     memo.mirror_task.cancel()
     await asyncio.gather(memo.mirror_task, return_exceptions=True)
     await memo.mirror.close()
-    memo.kube.close()
+    await memo.kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -1,27 +1,32 @@
-"""The Kubernetes API calls the controller makes, as coroutines over the official client.
+"""The Kubernetes API calls the controller makes, as coroutines over one aiohttp session.
 
-Requests go through the kubernetes client's ApiClient (its configuration, authentication,
-TLS and connection pool) with plain JSON bodies and replies: the typed wrappers would validate
-every body into models and back, which costs more CPU than the request itself. The client is
-synchronous; calls run in a small thread pool so that many sessions reconcile at once without
-blocking kopf's event loop. Errors are reduced to status and reason: an API error body can
-echo what was sent, and what is sent can be a Secret.
+Where the API server is and how to authenticate come from the kubernetes client's config
+loaders (the in-cluster service account, else $KUBECONFIG / ~/.kube/config): the server, its CA,
+a client certificate, the bearer token (asked for per request, so that a rotating service
+account token or a kubeconfig exec plugin's is renewed), tls-server-name and an HTTP proxy.
+The requests themselves go out as plain JSON from kopf's event loop, over a bounded pool of
+connections: no model (de)serialisation, no threads. Errors are reduced to status and reason:
+an API error body can echo what was sent, and what is sent can be a Secret.
 """
 
-import asyncio
-import functools
 import json
 import os
+import ssl
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import kubernetes
 
 from sip_operator.session_spec import GROUP, PLURAL, VERSION
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+USER_AGENT = "sip-operator"
+# Bounds a hung connection or API server, not the wait for a free connection in the pool
+# (thousands of sessions reconciling at once queue there for a while).
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
 
 # The client's config loaders carry no annotations.
 _load_incluster_config: Callable[..., None] = kubernetes.config.load_incluster_config
@@ -29,10 +34,12 @@ _load_kube_config: Callable[..., None] = kubernetes.config.load_kube_config
 
 
 class KubeError(Exception):
-    """An API call failed; the message holds the HTTP status and reason, never the body."""
+    """An API call failed; the message holds the HTTP status and reason, never the body.
+
+    Status 0: no reply (the connection failed or timed out)."""
 
     def __init__(self, action: str, status: int, reason: str) -> None:
-        super().__init__(f"{action}: {status} {reason}".strip())
+        super().__init__(f"{action}: {status or 'no reply'} {reason}".strip())
         self.status = status
 
 
@@ -40,91 +47,121 @@ class AlreadyExists(KubeError):
     pass
 
 
-def _load_configuration(pool_size: int) -> Any:
+def _load_configuration() -> Any:
     configuration = kubernetes.client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         _load_incluster_config(client_configuration=configuration)
     else:
         _load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = pool_size
     return configuration
 
 
-def _core_path(kind: str, named: bool) -> str:
-    path = f"/api/v1/namespaces/{{namespace}}/{kind}"
-    return path + "/{name}" if named else path
+def _ssl_context(configuration: Any) -> ssl.SSLContext:
+    """The API server's CA (else the system's), and the client certificate if there is one."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if not configuration.verify_ssl:  # insecure-skip-tls-verify
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return context
+
+
+def _proxy(configuration: Any) -> str | None:
+    proxy: str | None = configuration.proxy or None
+    if proxy is not None and not proxy.startswith(("http://", "https://")):
+        raise ValueError(
+            f"the kubeconfig's proxy-url {proxy!r}: only an HTTP(S) proxy is supported"
+        )
+    return proxy
+
+
+def _core_path(kind: str, namespace: str, name: str | None = None) -> str:
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{kind}"
+    return path if name is None else f"{path}/{quote(name, safe='')}"
+
+
+def _session_path(namespace: str | None, name: str | None = None) -> str:
+    path = f"/apis/{GROUP}/{VERSION}"
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace, safe='')}"
+    path += f"/{PLURAL}"
+    return path if name is None else f"{path}/{quote(name, safe='')}"
 
 
 class KubeApi:
-    """Pods, Services, Secrets, and SipSessions' status (and their list) of one cluster."""
+    """Pods, Services, Secrets, and SipSessions' status (and their list) of one cluster.
+
+    Made inside the running event loop, which its requests then use."""
 
     def __init__(self, pool_size: int = 16) -> None:
-        self._client = kubernetes.client.ApiClient(_load_configuration(pool_size))
-        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube-api")
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        close: Callable[[], None] = self._client.close
-        close()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        path_params: dict[str, str],
-        body: Any,
-        content_type: str,
-    ) -> tuple[int, str, bytes]:
-        """One blocking request: HTTP status, reason and the reply's body."""
-        request = self._client.param_serialize(
-            method=method,
-            resource_path=path,
-            path_params=path_params,
-            header_params={"Accept": JSON, "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
+        self._configuration = _load_configuration()
+        self._server = str(self._configuration.host).rstrip("/")
+        self._proxy = _proxy(self._configuration)
+        self._server_hostname: str | None = self._configuration.tls_server_name or None
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=pool_size, ssl=_ssl_context(self._configuration)),
+            timeout=TIMEOUT,
+            headers={"Accept": JSON, "User-Agent": USER_AGENT},
         )
-        response = self._client.call_api(*request)
-        read: Callable[[], bytes | None] = response.read  # unannotated in the client
-        return int(response.status), str(response.reason or ""), read() or b""
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        # Asked for each time: the configuration renews an expiring token here.
+        bearer = self._configuration.auth_settings().get("BearerToken")
+        if bearer is not None:
+            headers["Authorization"] = bearer["value"]
+        return headers
 
     async def _call(
         self,
         action: str,
         method: str,
         path: str,
-        path_params: dict[str, str],
         body: Any = None,
         content_type: str = JSON,
+        decode: bool = True,
     ) -> Any:
-        """The decoded JSON reply; AlreadyExists for 409, KubeError for other errors."""
-        call = functools.partial(self._request, method, path, path_params, body, content_type)
-        loop = asyncio.get_running_loop()
-        status, reason, data = await loop.run_in_executor(self._executor, call)
+        """The decoded JSON reply (None unless `decode`: many replies are of no use, and
+        decoding an object costs more than sending it); AlreadyExists for 409, KubeError for
+        other errors."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._headers(None if body is None else content_type)
+        try:
+            async with self._session.request(
+                method,
+                self._server + path,
+                data=data,
+                headers=headers,
+                proxy=self._proxy,
+                server_hostname=self._server_hostname,
+            ) as response:
+                reply = await response.read()
+                status, reason = response.status, response.reason or ""
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise KubeError(action, 0, str(error) or type(error).__name__) from None
         if status == 409:
             raise AlreadyExists(action, status, reason)
         if not 200 <= status <= 299:
             raise KubeError(action, status, reason)
-        return json.loads(data) if data else {}
+        if not decode:
+            return None
+        return json.loads(reply) if reply else {}
 
-    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _create(self, kind: str, body: dict[str, Any], decode: bool) -> Any:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        created: dict[str, Any] = await self._call(
-            f"create {kind} {namespace}/{name}",
-            "POST",
-            _core_path(kind, named=False),
-            {"namespace": namespace},
-            body,
-        )
-        return created
+        action = f"create {kind} {namespace}/{name}"
+        return await self._call(action, "POST", _core_path(kind, namespace), body, decode=decode)
 
     async def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = await self._call(
-                f"read {kind} {namespace}/{name}",
-                "GET",
-                _core_path(kind, named=True),
-                {"namespace": namespace, "name": name},
+                f"read {kind} {namespace}/{name}", "GET", _core_path(kind, namespace, name)
             )
         except KubeError as error:
             if error.status == 404:
@@ -137,8 +174,8 @@ class KubeApi:
             await self._call(
                 f"delete {kind} {namespace}/{name}",
                 "DELETE",
-                _core_path(kind, named=True),
-                {"namespace": namespace, "name": name},
+                _core_path(kind, namespace, name),
+                decode=False,
             )
         except KubeError as error:
             if error.status == 404:
@@ -146,12 +183,10 @@ class KubeApi:
             raise
         return True
 
-    async def _merge_patch(
-        self, action: str, path: str, params: dict[str, str], patch: dict[str, Any]
-    ) -> bool:
+    async def _merge_patch(self, action: str, path: str, patch: dict[str, Any]) -> bool:
         """False if the object is gone (404)."""
         try:
-            await self._call(action, "PATCH", path, params, patch, MERGE_PATCH)
+            await self._call(action, "PATCH", path, patch, MERGE_PATCH, decode=False)
         except KubeError as error:
             if error.status == 404:
                 return False
@@ -159,13 +194,15 @@ class KubeApi:
         return True
 
     async def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._create("pods", body)
+        """The pod as created (its uid, its status)."""
+        created: dict[str, Any] = await self._create("pods", body, decode=True)
+        return created
 
-    async def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._create("services", body)
+    async def create_service(self, body: dict[str, Any]) -> None:
+        await self._create("services", body, decode=False)
 
     async def create_secret(self, body: dict[str, Any]) -> None:
-        await self._create("secrets", body)
+        await self._create("secrets", body, decode=False)
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read("pods", namespace, name)
@@ -185,8 +222,7 @@ class KubeApi:
         """Merge-patches the pod's annotations (None removes one); False if the pod is gone."""
         return await self._merge_patch(
             f"annotate pod {namespace}/{name}",
-            _core_path("pods", named=True),
-            {"namespace": namespace, "name": name},
+            _core_path("pods", namespace, name),
             {"metadata": {"annotations": annotations}},
         )
 
@@ -198,20 +234,14 @@ class KubeApi:
 
     async def list_sessions(self, namespace: str | None) -> list[dict[str, Any]]:
         """Every SipSession in `namespace` (None: in the whole cluster)."""
-        if namespace is None:
-            action, path, params = "list sipsessions", f"/apis/{GROUP}/{VERSION}/{PLURAL}", {}
-        else:
-            action = f"list sipsessions in {namespace}"
-            path = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}"
-            params = {"namespace": namespace}
-        found: dict[str, Any] = await self._call(action, "GET", path, params)
+        action = "list sipsessions" + ("" if namespace is None else f" in {namespace}")
+        found: dict[str, Any] = await self._call(action, "GET", _session_path(namespace))
         return list(found.get("items") or [])
 
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patches `.status` through the status subresource; False if the session is gone."""
         return await self._merge_patch(
             f"patch sipsession {namespace}/{name} status",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
-            {"namespace": namespace, "name": name},
+            _session_path(namespace, name) + "/status",
             {"status": status},
         )

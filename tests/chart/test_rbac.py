@@ -116,19 +116,23 @@ def client_calls() -> frozenset[Permission]:
                 mock.patch.dict(os.environ, environ, clear=True),
                 mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig)),
             ):
-                api = KubeApi()
-            try:
-                for name, method in inspect.getmembers(api, inspect.iscoroutinefunction):
-                    if name.startswith("_"):
-                        continue
-                    parameters = inspect.signature(method).parameters.values()
-                    asyncio.run(method(*[_argument(p) for p in parameters]))
-            finally:
-                api.close()
+                asyncio.run(_call_every_request_method())
     finally:
         server.shutdown()
         server.server_close()
     return frozenset(_permission(method, url) for method, url in server.requests)
+
+
+async def _call_every_request_method() -> None:
+    api = KubeApi()
+    try:
+        for name, method in inspect.getmembers(api, inspect.iscoroutinefunction):
+            if name.startswith("_") or name == "close":
+                continue
+            parameters = inspect.signature(method).parameters.values()
+            await method(*[_argument(p) for p in parameters])
+    finally:
+        await api.close()
 
 
 def _kubeconfig(port: int) -> str:
