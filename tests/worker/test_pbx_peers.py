@@ -62,6 +62,20 @@ def start_session(worker: WorkerProcess, pbx: Kamailio, auto_answer_interval: in
     )
 
 
+def listen_then_play(worker: WorkerProcess, tone_hz: float) -> AudioStream:
+    """In the connected call: two seconds of what the worker hears (a LISTEN stream, ended),
+    then a 2 s tone at `tone_hz` played into the call. LISTEN hears the far end mixed with
+    what the worker plays: it listens first."""
+    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
+    listen.wait_for("stats", count=2)
+    listen.close()
+    listen.ended()
+    worker.stub.PlayWavFiles(
+        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(tone_hz, 2.0)]), timeout=10
+    )
+    return listen
+
+
 def test_an_outbound_call_is_challenged_by_the_pbx_and_carries_audio_both_ways(
     worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory
 ) -> None:
@@ -72,14 +86,7 @@ def test_an_outbound_call_is_challenged_by_the_pbx_and_carries_audio_both_ways(
     worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="bob"), timeout=10)
     connected = worker.wait_for_status("outgoing_call_connected", timeout=15)
     bob.wait_for_event("CALL_ESTABLISHED")
-    # LISTEN hears the far end mixed with what the worker plays: it listens first.
-    listen = AudioStream(worker.stub, config(sample_rate_hz=RATE))
-    listen.wait_for("stats", count=2)
-    listen.close()
-    listen.ended()
-    worker.stub.PlayWavFiles(
-        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(WORKER_TONE, 2.0)]), timeout=10
-    )
+    listen = listen_then_play(worker, WORKER_TONE)
     worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=False), timeout=10)
     finished = worker.wait_for_status("outgoing_call_finished", timeout=15)
     bob.wait_for_event("CALL_CLOSED")

@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 
 from ondewo.sip import sip_pb2
-from tests.support.audio import tone_seconds, tone_seconds_in, tone_wav
-from tests.support.audio_stream import AudioStream, config
+from tests.support.audio import tone_seconds, tone_seconds_in
 from tests.support.baresip import Baresip
 from tests.support.certificates import TestCa
 from tests.support.kamailio import PROXY_CONFIG, Kamailio, KamailioTls
 from tests.support.sip_peers import SIPP_PASSWORD
 from tests.worker.conftest import WorkerFactory, WorkerProcess
+from tests.worker.test_pbx_peers import RATE, listen_then_play
 from tests.worker.test_tls import tls_worker
 
 BOB_PASSWORD = "bob-pw-1"
 WORKER_TONE = 1000.0
 PHONE_TONE = 600.0
-RATE = 16000
 
 PhoneFactory = Callable[..., Baresip]
 
@@ -84,13 +83,7 @@ def test_mandatory_srtp_with_a_phone_carries_audio_both_ways(
     srtp_worker.stub.StartCall(sip_pb2.StartCallRequest(callee_id="bob"), timeout=10)
     srtp_worker.wait_for_status("outgoing_call_connected", timeout=15)
     bob.wait_for_event("CALL_ESTABLISHED")
-    listen = AudioStream(srtp_worker.stub, config(sample_rate_hz=RATE))
-    listen.wait_for("stats", count=2)
-    listen.close()
-    listen.ended()
-    srtp_worker.stub.PlayWavFiles(
-        sip_pb2.PlayWavFilesRequest(wav_files=[tone_wav(WORKER_TONE, 2.0)]), timeout=10
-    )
+    listen = listen_then_play(srtp_worker, WORKER_TONE)
     srtp_worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=False), timeout=10)
     srtp_worker.wait_for_status("outgoing_call_finished", timeout=15)
     bob.wait_for_event("CALL_CLOSED")
