@@ -51,13 +51,22 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+class HandlerProgress(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations (the delete handler's retries), minus the cleaning of the
+    diff-base essence on every event: NoDiffBase's essence is always empty, so there is
+    nothing to clean, and the cleaning was about a twentieth of the operator's CPU."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """What this operator needs of kopf, whatever the command line says."""
     # Our own events say what matters; kopf's per-handler INFO chatter stays in the log only.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "sip-operator"
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = HandlerProgress(prefix=PREFIX)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
