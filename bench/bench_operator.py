@@ -45,6 +45,7 @@ from typing import Any
 
 import kubernetes
 import psutil
+import urllib3
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test support code: emulator and redis-server runner
@@ -185,6 +186,14 @@ class LastStatusWatch:
                     yield json.loads(line)
 
     def _follow(self) -> None:
+        try:
+            self._follow_until_stopped()
+        except urllib3.exceptions.ProtocolError:
+            if not self._stopped.is_set():
+                raise
+            # The emulator stopped while the watch was open: the end of the run.
+
+    def _follow_until_stopped(self) -> None:
         while not self._stopped.is_set():
             for event in self._events():
                 body = event.get("object", {})
