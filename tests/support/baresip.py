@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,8 +58,10 @@ class Baresip:
         self.control_port = free_tcp_port()
         self.rtp_port = free_media_ports()
         self.dir = workdir / f"baresip-{user}-{self.sip_port}"
-        self.recordings = self.dir / "recordings"
-        self.recordings.mkdir(parents=True)
+        self.dir.mkdir(parents=True)
+        # baresip cuts its audio files' paths at 128 characters (a test's folder can be longer,
+        # and `.wav` went missing): they go to a short folder, moved into `dir` by `stop()`.
+        self.recordings = Path(tempfile.mkdtemp(prefix="baresip-"))
         self.log_path = self.dir / "baresip.log"
         self._password = password
         self._tone_hz = tone_hz
@@ -77,7 +80,7 @@ class Baresip:
 
     def start(self, timeout: float = 15.0) -> "Baresip":
         """Starts it and waits until its account is registered."""
-        tone = self.dir / "tone.wav"
+        tone = self.recordings / "tone.wav"  # a short path too
         tone.write_bytes(tone_wav(self._tone_hz, 60.0, sample_rate=8000, amplitude=0.3))
         (self.dir / "config").write_text(
             "\n".join(
@@ -178,14 +181,15 @@ class Baresip:
                 control.shutdown(socket.SHUT_RDWR)
             control.close()
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if not self.recordings.is_relative_to(self.dir):
+            self.recordings = Path(shutil.move(self.recordings, self.dir / "recordings"))
 
     def _connect(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
