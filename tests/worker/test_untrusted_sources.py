@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import grpc
 import pytest
 
 from ondewo.sip import sip_pb2
@@ -254,3 +255,50 @@ def test_with_the_drop_policy_a_trusted_source_network_is_answered(
             answered[name] = [status_code(m) for m in peer.receive(1.0)]
 
     assert answered == {"dropping": [], "trusting": [200]}
+
+
+def test_with_the_drop_policy_a_call_to_an_untrusted_host_is_refused_at_once(
+    worker_factory: WorkerFactory, registrar: Sipp, sipp_factory: SippFactory
+) -> None:
+    dropping = worker_factory("--untrusted-policy", "drop")
+    start_session(dropping, registrar, auto_answer_interval=1)
+    far_end = sipp_factory("uas", host=SCANNER)
+    before = dropping.history()
+
+    with pytest.raises(grpc.RpcError) as refused:
+        dropping.stub.StartCall(
+            sip_pb2.StartCallRequest(callee_id=f"service@{far_end.address}"), timeout=10
+        )
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"{SCANNER} is not a trusted source" in str(refused.value.details())
+    assert "--trusted-source" in str(refused.value.details())
+    assert dropping.history() == before
+    assert far_end.received("INVITE") == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ("--untrusted-policy", "drop", "--trusted-source", f"{SCANNER}/32"),
+        ("--untrusted-policy", "reject"),
+    ],
+    ids=["drop with the host's network trusted", "reject"],
+)
+def test_a_call_to_a_host_whose_answers_get_in_connects(
+    worker_factory: WorkerFactory,
+    registrar: Sipp,
+    sipp_factory: SippFactory,
+    policy: tuple[str, ...],
+) -> None:
+    worker = worker_factory(*policy)
+    start_session(worker, registrar, auto_answer_interval=1)
+    far_end = sipp_factory("uas", host=SCANNER)
+
+    worker.stub.StartCall(
+        sip_pb2.StartCallRequest(callee_id=f"service@{far_end.address}"), timeout=10
+    )
+
+    worker.wait_for_status("outgoing_call_connected")
+    worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
+    worker.wait_for_status("outgoing_call_finished")

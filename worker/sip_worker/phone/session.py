@@ -227,11 +227,29 @@ class Session:
                 "the worker is registering again"
             )
         uri = target_uri(callee_id, account.name, "callee_id", self._tls)
+        self._check_answers_get_in(uri, account.name.host, account.peers)
         identity = CallIdentity(
             next(self._serials), Direction.OUTGOING, callee_id, headers, requested_ns
         )
         call = self._take_line(SipCall(self, account.sip, pj.PJSUA_INVALID_ID), identity)
         call.dial(uri, headers)
+
+    def _check_answers_get_in(self, uri: str, account_host: str, peers: frozenset[Address]) -> None:
+        """Under `--untrusted-policy drop` the filter would discard the answers of a host
+        outside the trusted set, and the call would time out after 32 s; refused at once
+        instead. Through an outbound proxy every request goes to the proxy, a peer."""
+        if self._filter is None or self._settings.outbound_proxy:
+            return
+        host = uri_host(uri)
+        if host is None or host.lower() == account_host.strip("[]").lower():
+            return  # the account's host is a peer (or PJSUA refuses the URI itself)
+        addresses = resolve([host])
+        if addresses and not any(self._trusted.trusts(a, peers) for a in addresses):
+            raise WrongState(
+                f"{host} is not a trusted source, and with --untrusted-policy drop its answers "
+                "would be discarded: call through the registrar or --outbound-proxy, or list "
+                "its network with --trusted-source"
+            )
 
     @owner_thread
     def incoming_call(self, account: SipAccount, call_id: int, message: str, source: str) -> None:
