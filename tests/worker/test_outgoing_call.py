@@ -1,5 +1,6 @@
 """StartCall to sipp UAS scenarios: connect, headers on the wire, remote BYE, refusals."""
 
+import re
 import socket
 import struct
 import time
@@ -176,3 +177,20 @@ def test_end_call_before_the_answer_cancels(
         "outgoing_call_failed",
     ]
     assert failed.description.split()[0] in ("487", "408")
+
+
+def test_redirects_are_followed_at_most_five_times(
+    session: WorkerProcess, sipp_factory: Callable[..., Sipp]
+) -> None:
+    """A far end that sends every INVITE back to itself: a redirect loop ends the call."""
+    redirector = sipp_factory("uas_redirect_loop.xml")
+
+    start_call(session, f"loop@{redirector.address}")
+    failed = session.wait_for_status("outgoing_call_failed", timeout=20)
+
+    target = rf"sip:hop\d+@{re.escape(redirector.address)}"
+    assert re.fullmatch(
+        rf"redirected to {target}: not followed \(after 5 redirects\)", failed.description
+    )
+    assert len(redirector.received("INVITE")) == 6
+    assert "outgoing_call_connected" not in session.types()
