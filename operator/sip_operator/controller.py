@@ -721,6 +721,7 @@ class SessionController:
             replacing=session.replacing,
             statuses=session.statuses,
             start_session=spec.start_session if spec else True,
+            registers=spec.register if spec else True,
             pending_update=session.pending,
         )
         previous = session.published or session.body.get("status") or {}

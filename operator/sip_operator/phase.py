@@ -156,6 +156,7 @@ class Observation:
     replacing: bool = False
     statuses: WorkerStatuses = WorkerStatuses()
     start_session: bool = True
+    registers: bool = True  # spec.account.register: false sends no REGISTER
     pending_update: PendingUpdate | None = None
 
 
@@ -193,7 +194,8 @@ def derive_phase(observation: Observation) -> tuple[str, str]:
 def is_registered(observation: Observation) -> bool:
     pod, worker = observation.pod, observation.statuses.registration
     return (
-        not observation.deleting
+        observation.registers
+        and not observation.deleting
         and pod is not None
         and pod.ready
         and worker is not None
@@ -211,6 +213,8 @@ def registered_message(observation: Observation) -> str:
     """Why the Registered condition is what it is: a stale "registered" in the stream of a
     pod that is not ready does not count, and the message says so."""
     worker, pod = observation.statuses.registration, observation.pod
+    if not observation.registers:
+        return "spec.account.register is false: the worker sends no REGISTER"
     if worker is None:
         return "no status yet"
     if observation.deleting:
@@ -224,6 +228,8 @@ def registered_message(observation: Observation) -> str:
 def _registered_reason(observation: Observation, registered: bool) -> str:
     if registered:
         return "Registered"
+    if not observation.registers:
+        return "RegistrationDisabled"
     worker = observation.statuses.registration
     if worker is not None and worker.type == "session_registration_failed":
         return "RegistrationFailed"

@@ -269,3 +269,24 @@ def test_a_restarted_operator_still_sees_the_call_behind_a_lost_registration(
     assert status["phase"] == "InCall"
     assert _registered(cluster, namespace)[:2] == ("False", "RegistrationFailed")
     assert cluster.pods(namespace)[POD]["metadata"]["uid"] == first["metadata"]["uid"]
+
+
+def test_a_trunk_session_that_sends_no_register_is_ready_but_not_registered(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    """spec.account.register: false: the worker records `ready` without `registered`."""
+    cluster.create_session(
+        namespace, "alice", {"account": {"name": "alice@trunk.example.com", "register": False}}
+    )
+    wait_for(lambda: cluster.pods(namespace).get(POD), what="the pod")
+    cluster.set_pod_status(namespace, POD, "Running", ready=True)
+    redis_server.client().xadd(stream_key(namespace, "alice"), sip_status_entry("ready", 1))
+    cluster.wait_phase(namespace, "alice", "Ready")
+
+    assert _condition(cluster, namespace, "Ready")["status"] == "True"
+    assert _registered(cluster, namespace) == (
+        "False",
+        "RegistrationDisabled",
+        "spec.account.register is false: the worker sends no REGISTER",
+    )
+    assert _events(cluster, namespace, "Registered") == []

@@ -454,6 +454,23 @@ def test_a_failed_registration_is_the_registered_condition_s_reason() -> None:
     assert reasons == [("False", "RegistrationFailed"), ("True", "Registered")]
 
 
+def test_a_session_that_sends_no_register_is_not_called_registered() -> None:
+    """A trunk session (spec.account.register: false) is ready without a registration; its
+    Registered condition says so instead of reading True from the `ready` status."""
+    common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
+    trunk = Observation(pod=_pod(), statuses=_seen(WorkerStatus("ready")), registers=False)
+    status = phase.build_status(trunk, previous={}, now="T1", **common)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == phase.READY
+    assert conditions["Ready"]["status"] == "True"
+    registered = conditions["Registered"]
+    assert (registered["status"], registered["reason"], registered["message"]) == (
+        "False",
+        "RegistrationDisabled",
+        "spec.account.register is false: the worker sends no REGISTER",
+    )
+
+
 def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     observation = Observation(pod=_pod(), statuses=_seen(WorkerStatus("ready")))
     common = {"generation": 1, "pod_name": "p", "endpoint": "e", "token_secret": {}}
