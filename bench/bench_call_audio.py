@@ -85,15 +85,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from audio_clicks import FRAME_S, MAX_LOOP_S, click_frame, is_loud, loop_latencies  # noqa: E402
+from processes import echo_far_end, registrar, stopped_at_exit  # noqa: E402
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
-from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports, free_udp_port  # noqa: E402
+from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports  # noqa: E402
 
 SIP_WORKER = Path(sys.executable).parent / "sip-worker"
 BARE_LOOP = REPO / "bench" / "bare_audio_loop.py"
 BARE_STREAM = REPO / "bench" / "bare_audio_stream.py"
-REGISTRAR_SCENARIO = REPO / "tests" / "support" / "sipp" / "registrar_auth.xml"
 ACCOUNT_USER = "bench"
 ACCOUNT_PASSWORD = "bench-secret"
 RATE = 16000
@@ -128,58 +128,6 @@ EAGER_RECONNECT = [
 ]
 
 
-def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Terminates all at once, then waits for each (kills what is still there after 15 s)."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + 15.0
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextmanager
-def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        _stop_all(started)
-
-
-def _sipp(stack: ExitStack, workdir: Path, *args: str) -> tuple[int, subprocess.Popen[bytes]]:
-    port = free_udp_port()
-    processes = stack.enter_context(_processes())
-    command = ["sipp", *args, "-i", "127.0.0.1", "-p", str(port), "-nostdin"]
-    command += ["-cp", str(free_udp_port())]
-    processes.append(
-        subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    )
-    needle = f":{port:04X} "
-    deadline = time.monotonic() + 10.0
-    while needle not in Path("/proc/net/udp").read_text():
-        if processes[0].poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"sipp {args[:2]} did not bind port {port}")
-        time.sleep(0.02)
-    return port, processes[0]
-
-
-def _sipp_uas(stack: ExitStack, workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    media = ("-mi", "127.0.0.1", "-mp", str(free_media_ports()), "-rtp_echo")
-    return _sipp(stack, workdir, "-sn", "uas", *media)
-
-
-def _sipp_registrar(stack: ExitStack, workdir: Path) -> int:
-    """One registrar for every worker: without -m, sipp serves each REGISTER dialog."""
-    credentials = ("-set", "user", ACCOUNT_USER, "-set", "pass", ACCOUNT_PASSWORD)
-    port, _ = _sipp(stack, workdir, "-sf", str(REGISTRAR_SCENARIO), *credentials)
-    return port
-
-
 @dataclass
 class Worker:
     process: subprocess.Popen[bytes]
@@ -208,7 +156,7 @@ def start_workers(
     stack: ExitStack, count: int, redis_url: str, registrar_port: int, workdir: Path
 ) -> list[Worker]:
     """`count` workers with registered sessions, started at once; stopped with `stack`."""
-    processes = stack.enter_context(_processes())
+    processes = stack.enter_context(stopped_at_exit())
     environment = {**os.environ, "SIP_WORKER_PASSWORD": ACCOUNT_PASSWORD}
     workers = []
     for _ in range(count):
@@ -405,7 +353,7 @@ def bare_loop_round(uas_port: int, clicks: int) -> LoopRound:
 
 
 def bench_loop(stack: ExitStack, redis_url: str, registrar_port: int, workdir: Path) -> None:
-    uas_port, _ = _sipp_uas(stack, workdir)
+    uas_port = echo_far_end(stack, workdir / "sipp").port
     (worker,) = start_workers(stack, 1, redis_url, registrar_port, workdir)
     worker_rounds: list[LoopRound] = []
     bare_rounds: list[LoopRound] = []
@@ -768,7 +716,9 @@ def measure(groups: dict[str, list[psutil.Process]], seconds: float) -> Usage:
 def bench_cpu(
     stack: ExitStack, redis_url: str, registrar_port: int, workdir: Path, client_count: int
 ) -> None:
-    uas_port, uas = _sipp_uas(stack, workdir)
+    far_end = echo_far_end(stack, workdir / "sipp")
+    assert far_end.process is not None
+    uas_port, uas = far_end.port, far_end.process
     with ExitStack() as workers_part:  # the workers are gone before the floor runs
         worker_cpu = _workers_cpu(
             workers_part, uas_port, uas, redis_url, registrar_port, workdir, client_count
@@ -844,7 +794,7 @@ def bare_cpu(
     measured as the workers are, in BARE_ROUNDS rounds (WAV, streaming; then the other way)."""
     wav_path = workdir / "bare-tone.wav"
     wav_path.write_bytes(tone_wav(WAV_SECONDS))
-    processes: list[Any] = stack.enter_context(_processes())
+    processes: list[Any] = stack.enter_context(stopped_at_exit())
     logs = []
     for number in range(CALLS):
         log_path = workdir / f"bare-stream-{number}.log"
@@ -1054,7 +1004,7 @@ def main() -> None:
         redis_server = RedisServer(workdir / "redis")
         redis_server.start()
         stack.callback(redis_server.stop)
-        registrar_port = _sipp_registrar(stack, workdir)
+        registrar_port = registrar(stack, workdir / "sipp", ACCOUNT_USER, ACCOUNT_PASSWORD).port
         print(f"live call audio benchmark (SipStreamCallAudio, loopback, {os.cpu_count()} cores)")
         if args.part in ("all", "loop"):
             with ExitStack() as part:

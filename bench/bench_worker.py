@@ -31,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -43,12 +43,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from processes import echo_far_end, registrar, running  # noqa: E402
+
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
-from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports, free_udp_port  # noqa: E402
+from tests.support.sipp import PHONE_RTP_PORTS, free_media_ports  # noqa: E402
 
 SIP_WORKER = Path(sys.executable).parent / "sip-worker"
-REGISTRAR_SCENARIO = REPO / "tests" / "support" / "sipp" / "registrar_auth.xml"
 # Worker and bare calls alternate in rounds, so that load from elsewhere hits both alike.
 ROUNDS = 5
 CALLS_PER_ROUND = 10
@@ -71,54 +72,6 @@ EAGER_RECONNECT = [
     ("grpc.min_reconnect_backoff_ms", 5),
     ("grpc.max_reconnect_backoff_ms", 20),
 ]
-
-
-@contextmanager
-def _process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _sipp_uas(stack: ExitStack, workdir: Path) -> int:
-    port = free_udp_port()
-    stack.enter_context(
-        _process(
-            [
-                *("sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1"),
-                *("-mp", str(free_media_ports()), "-rtp_echo", "-nostdin", "-cp", str(free_port())),
-            ],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    return port
-
-
-def _sipp_registrar(stack: ExitStack, workdir: Path) -> int:
-    port = free_udp_port()
-    stack.enter_context(
-        _process(
-            [
-                *("sipp", "-sf", str(REGISTRAR_SCENARIO), "-i", "127.0.0.1", "-p", str(port)),
-                *("-set", "user", ACCOUNT_USER, "-set", "pass", ACCOUNT_PASSWORD, "-m", "1"),
-                *("-nostdin", "-cp", str(free_port())),
-            ],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    return port
 
 
 def _worker_args(redis_url: str, grpc_port: int, *extra: str) -> list[str]:
@@ -190,7 +143,7 @@ def _start_once(redis_url: str, workdir: Path, results: Startup, *extra: str) ->
     started = time.perf_counter()
     with (
         (workdir / "startup.log").open("ab") as log,
-        _process(_worker_args(redis_url, port, *extra), stdout=log, stderr=log) as process,
+        running(_worker_args(redis_url, port, *extra), stdout=log, stderr=log) as process,
         grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
     ):
         _wait_serving(channel, process, 30.0)
@@ -203,7 +156,7 @@ def _start_bare_stack(redis_url: str, results: Startup) -> None:
     started = time.perf_counter()
     command = [sys.executable, str(REPO / "bench" / "bare_stack.py")]
     with (
-        _process(
+        running(
             [*command, "--grpc-port", str(port), "--redis-url", redis_url],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -335,14 +288,16 @@ def main() -> None:
 
         plain_start, metered_start, bare_start = bench_startup(redis_server.url, workdir)
 
-        uas_port = _sipp_uas(stack, workdir)
-        registrar_port = _sipp_registrar(stack, workdir)
+        uas_port = echo_far_end(stack, workdir / "sipp").port
+        registrar_port = registrar(
+            stack, workdir / "sipp", ACCOUNT_USER, ACCOUNT_PASSWORD, dialogs=1
+        ).port
         grpc_port = free_port()
         log = stack.enter_context((workdir / "worker.log").open("wb"))
         environment = {**os.environ, "SIP_WORKER_PASSWORD": ACCOUNT_PASSWORD}
         account = f"{ACCOUNT_USER}@127.0.0.1:{registrar_port}"
         process = stack.enter_context(
-            _process(
+            running(
                 _worker_args(
                     redis_server.url,
                     grpc_port,
