@@ -4,6 +4,7 @@ appends no status; the registrar's address and --trusted-source networks still g
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from ondewo.sip import sip_pb2
 from tests.support import worker_probes
+from tests.support.certificates import TestCa
 from tests.support.sip_peers import SippFactory
 from tests.support.sipp import Sipp, free_tcp_port
 from tests.worker.conftest import WorkerFactory, WorkerProcess, start_session
@@ -30,6 +32,7 @@ from tests.worker.test_hostile_network import (
     status_code,
 )
 from tests.worker.test_incoming_call import call_worker
+from tests.worker.test_tls import tls_worker
 
 SCANNER = "127.0.0.2"  # loopback too (127.0.0.0/8), but no address the worker trusts
 # A SIP stack's name or a version number, as PJSUA's default User-Agent ("PJSUA v2.15") has.
@@ -302,3 +305,33 @@ def test_a_call_to_a_host_whose_answers_get_in_connects(
     worker.wait_for_status("outgoing_call_connected")
     worker.stub.EndCall(sip_pb2.EndCallRequest(hard_hangup=True), timeout=10)
     worker.wait_for_status("outgoing_call_finished")
+
+
+def _connects(source: str, port: int) -> bool:
+    """Whether a TCP connection from `source` to the worker's SIP port is set up within 1 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as connection:
+        connection.bind((source, 0))
+        connection.settimeout(1.0)
+        try:
+            connection.connect(("127.0.0.1", port))
+        except TimeoutError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_with_the_drop_policy_an_untrusted_source_gets_no_connection_over_tcp_or_tls(
+    worker_factory: WorkerFactory, ca: TestCa, transport: str
+) -> None:
+    """Over a stream transport the filter sits on the listening socket: the kernel discards an
+    untrusted source's SYN, so not even the TCP handshake (nor TLS's) happens."""
+    trusted = "127.0.0.3"
+    policy = ("--untrusted-policy", "drop", "--trusted-source", f"{trusted}/32")
+    if transport == "tls":
+        worker = tls_worker(worker_factory, ca.certificate, *policy)
+    else:
+        worker = worker_factory("--sip-transport", "tcp", *policy)
+
+    assert _connects(trusted, worker.sip_port)
+    assert not _connects(SCANNER, worker.sip_port)
+    assert worker.history() == []
