@@ -78,14 +78,13 @@ import grpc
 import numpy as np
 import psutil
 from google.protobuf import empty_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from audio_clicks import FRAME_S, MAX_LOOP_S, click_frame, is_loud, loop_latencies  # noqa: E402
-from processes import echo_far_end, registrar, stopped_at_exit  # noqa: E402
+from processes import echo_far_end, registrar, stopped_at_exit, wait_serving  # noqa: E402
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
@@ -182,26 +181,10 @@ def start_workers(
         stack.callback(channel.close)
         workers.append(Worker(process, grpc_port, log_path, channel, sip_pb2_grpc.SipStub(channel)))
     for worker in workers:
-        _wait_serving(worker, 60.0)
+        wait_serving(worker.channel, worker.process, 60.0)
     for worker in workers:
         worker.wait_status(Status.ready)
     return workers
-
-
-def _wait_serving(worker: Worker, timeout: float) -> None:
-    health = health_pb2_grpc.HealthStub(worker.channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"sip-worker exited with {worker.process.returncode}")
-        try:
-            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("sip-worker did not become SERVING in time")
 
 
 def start_calls(workers: list[Worker], uas_port: int) -> None:

@@ -43,7 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from processes import echo_far_end, registrar, running  # noqa: E402
+from processes import echo_far_end, registrar, running, wait_serving  # noqa: E402
 
 from ondewo.sip import sip_pb2, sip_pb2_grpc  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
@@ -91,22 +91,6 @@ def _worker_args(redis_url: str, grpc_port: int, *extra: str) -> list[str]:
     ]
 
 
-def _wait_serving(channel: grpc.Channel, process: subprocess.Popen[bytes], timeout: float) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sip-worker exited with {process.returncode} before SERVING")
-        try:
-            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.002)
-    raise RuntimeError("sip-worker did not become SERVING in time")
-
-
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -146,7 +130,7 @@ def _start_once(redis_url: str, workdir: Path, results: Startup, *extra: str) ->
         running(_worker_args(redis_url, port, *extra), stdout=log, stderr=log) as process,
         grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
     ):
-        _wait_serving(channel, process, 30.0)
+        wait_serving(channel, process, 30.0, poll_s=0.002)
         results["start_ms"].append((time.perf_counter() - started) * 1000.0)
         _measure_idle_memory(process, results)
 
@@ -163,7 +147,7 @@ def _start_bare_stack(redis_url: str, results: Startup) -> None:
         ) as process,
         grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_RECONNECT) as channel,
     ):
-        _wait_serving(channel, process, 30.0)
+        wait_serving(channel, process, 30.0, poll_s=0.002)
         results["start_ms"].append((time.perf_counter() - started) * 1000.0)
         _measure_idle_memory(process, results)
 
@@ -317,7 +301,7 @@ def main() -> None:
         channel = stack.enter_context(
             grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=EAGER_RECONNECT)
         )
-        _wait_serving(channel, process, 30.0)
+        wait_serving(channel, process, 30.0, poll_s=0.002)
         stub = sip_pb2_grpc.SipStub(channel)
         bench_calls(stub, uas_port, {"grpc": [], "worker": [], "total": []}, 1)  # warm-up
         spans: dict[str, list[float]] = {"grpc": [], "worker": [], "total": []}

@@ -1,4 +1,5 @@
-"""What the benches start and must stop: child processes, and the sipp far ends they call."""
+"""What the benches start and must stop: child processes, the sipp far ends they call, and
+the wait for a started worker to serve."""
 
 import subprocess
 import time
@@ -6,6 +7,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.sipp import Sipp
 
@@ -61,3 +65,22 @@ def registrar(
     )
     stack.callback(peer.stop)
     return peer.start()
+
+
+def wait_serving(
+    channel: grpc.Channel, process: subprocess.Popen[bytes], timeout: float, poll_s: float = 0.05
+) -> None:
+    """Until the worker's health check says SERVING; an error if it exits or takes too long."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sip-worker exited with {process.returncode} before SERVING")
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError("sip-worker did not become SERVING in time")
