@@ -21,10 +21,15 @@ and 16 + 3 per node to a cluster. All of them are named `CLIENT_NAME` (see CLIEN
 
 Streams of earlier versions (sip_contract.status.legacy_stream_key) keep being followed while a
 worker of such a version may still write them: as long as a followed session's legacy stream
-exists, or its sharded one does not yet, it is polled every `legacy_poll_seconds` through the
-command client. The new worker moves the legacy entries to the sharded stream with their ids
-(sip_worker.legacy_history) and deletes the legacy one; a session's entries from either stream
-are delivered only with ids above the last one delivered, so none twice and none out of order.
+exists, or its sharded one does not yet, it is polled through the command client. A legacy
+stream that exists is polled every `legacy_poll_seconds`. A session with neither stream (as a
+rule a new worker that has not written yet, which its shard's reader follows anyway) is polled
+ever less often, the interval doubling up to `legacy_poll_max_seconds`, so a fleet of new
+sessions costs no per-second poll of each; an earlier version's first status of such a session
+arrives within that interval. The new worker moves the legacy entries to the sharded stream
+with their ids (sip_worker.legacy_history) and deletes the legacy one; a session's entries from
+either stream are delivered only with ids above the last one delivered, so none twice and none
+out of order.
 """
 
 import asyncio
@@ -156,6 +161,7 @@ class StatusMirror:
         block_seconds: float = 5.0,
         retry_seconds: float = 1.0,
         legacy_poll_seconds: float = 1.0,
+        legacy_poll_max_seconds: float = 30.0,
     ) -> None:
         """`redis_url` as the worker accepts it (RedisUrlError if not); `password` its password."""
         self._target = parse_redis_url(redis_url, {PASSWORD_ENV: password} if password else {})
@@ -163,6 +169,7 @@ class StatusMirror:
         self._block_ms = int(block_seconds * 1000)
         self._retry_seconds = retry_seconds
         self._legacy_poll_seconds = legacy_poll_seconds
+        self._legacy_poll_max_seconds = legacy_poll_max_seconds
         self._cluster: redis.asyncio.cluster.RedisCluster | None = None
         self._server: redis.asyncio.Redis | None = None
         # The client for everything but the blocking reads. Every use holds one of the
@@ -184,7 +191,8 @@ class StatusMirror:
             self._commands = self._server
         self._last_ids: dict[SessionKey, bytes] = {}  # followed sessions -> last entry seen
         self._unloaded: set[SessionKey] = set()  # followed, newest entries not read yet
-        self._legacy: set[SessionKey] = set()  # loaded, their legacy streams polled
+        # Loaded sessions whose legacy streams are polled: (interval, next poll's loop time).
+        self._legacy: dict[SessionKey, tuple[float, float]] = {}
         # Loaded sessions by reader group, each under its stream's name (computed once).
         self._members: dict[Group, dict[str, SessionKey]] = {}
         self._readers: dict[Group, _Reader] = {}
@@ -203,7 +211,7 @@ class StatusMirror:
     def unfollow(self, session: SessionKey) -> None:
         """Stops mirroring; its reader drops the stream from its next XREAD."""
         self._unloaded.discard(session)
-        self._legacy.discard(session)
+        self._legacy.pop(session, None)
         if self._last_ids.pop(session, None) is not None:
             self._members.get(self._group(session), {}).pop(_stream(session), None)
 
@@ -368,10 +376,19 @@ class StatusMirror:
                 self._on_status(session, parse_entry(fields))
 
     async def _poll_legacy(self) -> None:
-        """Reads the legacy streams of the sessions in `_legacy` until none is left there."""
+        """Reads the legacy streams of the sessions in `_legacy` that are due, until none is
+        left there."""
+        loop = asyncio.get_running_loop()
         while self._legacy:
             await asyncio.sleep(self._legacy_poll_seconds)
-            batch = [session for session in self._legacy if session in self._last_ids]
+            now = loop.time()
+            batch = [
+                session
+                for session, (_, due) in self._legacy.items()
+                if due <= now and session in self._last_ids
+            ]
+            if not batch:
+                continue
             async with self._command_slots, self._commands.pipeline(transaction=False) as pipe:
                 for session in batch:
                     legacy = _legacy_stream(session)
@@ -382,12 +399,18 @@ class StatusMirror:
                 replies = await pipe.execute()
             self._reachable()
             for index, session in enumerate(batch):
-                if session not in self._legacy:
+                polled = self._legacy.get(session)
+                if polled is None:
                     continue  # unfollowed meanwhile
                 entries, legacy_exists, exists = replies[3 * index : 3 * index + 3]
                 self._deliver(session, cast(list[Entry], entries))
-                if not legacy_exists and exists:
-                    self._legacy.discard(session)  # moved: its worker writes the new one now
+                if exists and not legacy_exists:
+                    del self._legacy[session]  # moved: its worker writes the new one now
+                    continue
+                interval = self._legacy_poll_seconds
+                if not legacy_exists and not exists:  # nothing written yet: back off
+                    interval = min(2 * polled[0], self._legacy_poll_max_seconds)
+                self._legacy[session] = (interval, loop.time() + interval)
 
     async def _stop_readers(self) -> None:
         if self._polling is not None:
@@ -421,8 +444,9 @@ class StatusMirror:
             self._unloaded.discard(session)
             newest = cast(list[Entry], replies[4 * index + 1])
             legacy_newest = cast(list[Entry], replies[4 * index + 3])
-            if legacy_newest or not newest:
-                self._legacy.add(session)  # an earlier version's worker may write it
+            if legacy_newest or not newest:  # an earlier version's worker may write it
+                interval = self._legacy_poll_seconds
+                self._legacy[session] = (interval, asyncio.get_running_loop().time() + interval)
             candidates = sorted([*newest, *legacy_newest], key=lambda entry: _entry_id(entry[0]))
             if candidates:
                 recent = _undelivered(candidates[-CATCH_UP_ENTRIES:], self._last_ids.get(session))

@@ -103,3 +103,48 @@ def test_the_mirror_follows_a_legacy_stream_through_its_migration_on_a_cluster(
         )
     finally:
         client.close()
+
+
+def _exists_calls(client: "redis.Redis[bytes]") -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+
+
+async def _back_off_then_follow(url: str, client: "redis.Redis[bytes]") -> None:
+    """Sessions with neither stream yet: their polls back off (0.05 s doubling to 0.4 s), and an
+    earlier version's first status of one of them still arrives, then the rest in order."""
+    sessions = [("fleet", f"new-{number}") for number in range(20)]
+    seen: list[str] = []
+    mirror = StatusMirror(
+        url, None, retry_seconds=0.2, legacy_poll_seconds=0.05, legacy_poll_max_seconds=0.4
+    )
+    runner = asyncio.create_task(
+        mirror.run(
+            lambda key, status: seen.append(status.callee_id) if key == sessions[0] else None
+        )
+    )
+    try:
+        for session in sessions:
+            mirror.follow(session)
+        await _until(lambda: all(mirror.has_read(s) for s in sessions), "every stream loaded")
+        client.config_resetstat()
+        await asyncio.sleep(3.0)
+        # Polled each tick, 20 sessions would take 2 EXISTS each 0.05 s: some 2,400 in 3 s.
+        # Backing off, each session is polled about 9 times: some 360.
+        assert 0 < _exists_calls(client) <= 600
+        for seq in (1, 2):
+            _old_worker_writes(client, sessions[0], seq)
+        await _until(lambda: seen == ["1", "2"], "the earlier version's first statuses")
+        _old_worker_writes(client, sessions[0], 3)
+        await _until(lambda: seen == ["1", "2", "3"], "its next status")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await mirror.close()
+
+
+def test_sessions_with_no_stream_yet_are_polled_ever_less_often(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    asyncio.run(asyncio.wait_for(_back_off_then_follow(redis_server.url, client), 120))
