@@ -19,6 +19,8 @@ BAD_ACCOUNT_NAMES = [
     "tel:alice@127.0.0.1",
     "sip:alice@127.0.0.1;transport=udp",
     "alice@-bad-.example",
+    "alice@" + "a" * 64 + ".example",  # a DNS label is at most 63 characters
+    "alice@" + "a." * 127 + "example",  # a host name at most 253
 ]
 BAD_TARGETS = [
     "",
@@ -34,6 +36,8 @@ BAD_TARGETS = [
     "bob@",
     "sip:",
     "sip:bob@127.0.0.1:70000",
+    "bob@" + "a" * 64 + ".example",
+    "sip:bob@" + "a." * 127 + "example",
 ]
 BAD_HEADERS = [
     {"X Bad": "v"},

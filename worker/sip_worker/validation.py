@@ -93,6 +93,21 @@ def _check_port(port: str | None, what: str) -> int | None:
     return number
 
 
+MAX_HOST_NAME_LENGTH = 253  # RFC 1035, as DNS carries names
+MAX_LABEL_LENGTH = 63
+
+
+def _check_host(host: str, what: str) -> None:
+    """A host name DNS can carry (the resolver refuses longer ones with an error of its own)."""
+    if host.startswith("["):
+        return
+    name = host.removesuffix(".")
+    if len(name) > MAX_HOST_NAME_LENGTH:
+        raise InvalidArgument(f"{what}: host name longer than {MAX_HOST_NAME_LENGTH} characters")
+    if any(len(label) > MAX_LABEL_LENGTH for label in name.split(".")):
+        raise InvalidArgument(f"{what}: host name label longer than {MAX_LABEL_LENGTH} characters")
+
+
 def _check_text(value: str, what: str, max_length: int) -> None:
     if not value:
         raise InvalidArgument(f"{what} is empty")
@@ -111,6 +126,7 @@ def parse_account_name(account_name: str) -> AccountName:
             f"account_name {account_name!r} is not of the form [sip:|sips:]user@host[:port]"
         )
     port = _check_port(match["port"], "account_name")
+    _check_host(match["host"], "account_name")
     scheme = (match["scheme"] or "sip").lower()
     return AccountName(match["user"], match["host"], port, scheme == "sips")
 
@@ -124,6 +140,7 @@ def target_uri(target: str, account: AccountName, what: str, tls: bool = False) 
     _check_text(target, what, MAX_TARGET_LENGTH)
     if (uri_match := _TARGET_URI_RE.fullmatch(target)) is not None:
         _check_port(uri_match["port"], what)
+        _check_host(uri_match["host"], what)
         if uri_match["scheme"].lower() == "sips" and not tls:
             raise InvalidArgument(
                 f"{what}: sips: needs SIP over TLS, which this worker does not run"
@@ -131,6 +148,7 @@ def target_uri(target: str, account: AccountName, what: str, tls: bool = False) 
         uri = target
     elif (address_match := _TARGET_ADDRESS_RE.fullmatch(target)) is not None:
         _check_port(address_match["port"], what)
+        _check_host(address_match["host"], what)
         uri = f"{account.scheme}:{target}"
     elif _BARE_USER_RE.fullmatch(target) is not None:
         uri = f"{account.scheme}:{target}@{account.domain}"

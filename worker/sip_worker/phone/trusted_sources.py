@@ -34,7 +34,7 @@ def resolve(hosts: Iterable[str]) -> frozenset[Address]:
     for host in hosts:
         try:
             infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_UDP)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:  # UnicodeError: a name DNS cannot carry
             log.warning("cannot resolve %s, so no address of it is trusted: %s", host, error)
             continue
         for info in infos:
