@@ -139,6 +139,9 @@ BAD_SPECS = {
     "account with a space": _bad(lambda s: s["account"].update(name="al ice@pbx")),
     "account with CRLF": _bad(lambda s: s["account"].update(name="a@pbx\r\nX-Evil: 1")),
     "account with a port too long": _bad(lambda s: s["account"].update(name="a@pbx:506000")),
+    "account with a host label over 63 characters": _bad(
+        lambda s: s["account"].update(name="a@" + "p" * 64 + ".example")
+    ),
     "no passwordSecretRef": _bad(lambda s: s["account"].pop("passwordSecretRef")),
     "no passwordSecretRef, registering": _bad(
         lambda s: (s["account"].pop("passwordSecretRef"), s["account"].update(register=True))
