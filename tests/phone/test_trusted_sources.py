@@ -17,6 +17,13 @@ from sip_worker.phone.trusted_sources import TrustedSources, resolve, source_add
         ("SIP:Bob@Example.COM", "Example.COM"),
         ("tel:+4312345", None),
         ("bob@example.com", None),
+        # RFC 3261 lets the user part hold ';', '?' and ':': the host follows its '@'.
+        ("sip:127.0.0.1;x@evil.example:5060", "evil.example"),
+        ("<sip:a?b=c;d@[2001:db8::2];lr>", "2001:db8::2"),
+        ("sip:alice:secret@pbx.example.com", "pbx.example.com"),
+        ("sip:pbx.example.com?subject=x", "pbx.example.com"),
+        ("sip:a@127.0.0.1@evil.example", None),  # two '@': no valid URI, no trusted host
+        ("sip:[]:5060", None),
     ],
 )
 def test_the_host_of_a_sip_uri(uri: str, host: str | None) -> None:

@@ -212,15 +212,20 @@ def test_a_302_is_followed_to_its_target(
     pbx.wait_for_log("INVITE from alice to bob relayed")
 
 
+@pytest.mark.parametrize(
+    "user",
+    ["bob", "127.0.0.1;x"],  # RFC 3261 allows ';' in the user part: no host to be read there
+    ids=["plain", "a trusted address as the user part"],
+)
 def test_a_302_to_an_untrusted_host_is_not_followed(
-    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory
+    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory, user: str
 ) -> None:
     """Whoever we call could send us, with a 302, to a host that challenges the INVITE and
     collects a digest of the account's password: only trusted hosts are followed to."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as elsewhere:
         elsewhere.bind(("127.0.0.2", 0))
         elsewhere.settimeout(2.0)
-        target = f"sip:bob@127.0.0.2:{elsewhere.getsockname()[1]}"
+        target = f"sip:{user}@127.0.0.2:{elsewhere.getsockname()[1]}"
         redirector = sipp_factory("uas_redirect.xml", fill={"TARGET": target}, args=["-m", "1"])
         pbx.routes["moved"] = redirector.address
         pbx.start()

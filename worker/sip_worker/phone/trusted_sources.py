@@ -17,14 +17,25 @@ log = logging.getLogger(__name__)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# The host of a SIP URI such as `sip:proxy.example.com:5060;lr` or `<sip:user@[2001:db8::1]>`.
-_URI_HOST = re.compile(r"<?sips?:(?:[^@;>]*@)?(\[[0-9A-Fa-f:.]+\]|[^:;>]+)", re.IGNORECASE)
+# A SIP URI, bare or in angle brackets: what follows the scheme, up to the closing bracket.
+_URI_BODY = re.compile(r"<?sips?:([^>\s]*)", re.IGNORECASE)
 
 
 def uri_host(uri: str) -> str | None:
-    """The host of a SIP URI, without brackets; None if it is not a SIP URI."""
-    match = _URI_HOST.match(uri.strip())
-    return match[1].strip("[]") if match else None
+    """The host of a SIP URI such as `sip:proxy.example.com:5060;lr` or
+    `<sip:user@[2001:db8::1]>`, without brackets; None if it is not a SIP URI.
+
+    The user part may hold `;`, `?`, `:` and more (RFC 3261 user-unreserved), so the host is
+    what follows its `@`, which a valid URI has at most once: `sip:127.0.0.1;x@evil.example`
+    names evil.example. A URI with two is no valid one, and has no host here."""
+    match = _URI_BODY.match(uri.strip())
+    if match is None or match[1].count("@") > 1:
+        return None
+    host_and_rest = match[1].rpartition("@")[2]
+    if host_and_rest.startswith("["):
+        end = host_and_rest.find("]")
+        return host_and_rest[1:end] if end > 1 else None
+    return re.split(r"[:;?]", host_and_rest, maxsplit=1)[0] or None
 
 
 def resolve(hosts: Iterable[str]) -> frozenset[Address]:
