@@ -49,6 +49,14 @@ def test_the_contact_of_a_redirect_keeps_its_port_and_the_first_of_several_wins(
     assert contact_uri(moved + "\r\n") is None
 
 
+def test_a_quoted_display_name_is_text_whatever_it_holds() -> None:
+    moved = "SIP/2.0 302 Moved Temporarily\r\nCSeq: 1 INVITE\r\n"
+    disguised = 'Contact: "<sip:bob@127.0.0.1>, x" <sip:bob@127.0.0.2:5080>\r\n\r\n'
+    assert contact_uri(moved + disguised) == "sip:bob@127.0.0.2:5080"
+    escaped = 'From: "a \\" <sip:x@y>" <sip:real@127.0.0.2>;tag=1\r\n\r\n'
+    assert caller_uri("INVITE sip:a@b SIP/2.0\r\n" + escaped) == "sip:real@127.0.0.2"
+
+
 HEAD = "INVITE sip:worker@127.0.0.1 SIP/2.0\r\nCall-ID: 1\r\n"
 
 

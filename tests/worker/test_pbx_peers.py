@@ -191,7 +191,9 @@ def test_early_media_then_200_connects_only_on_the_200(
 def test_a_302_is_followed_to_its_target(
     worker: WorkerProcess, pbx: Kamailio, phones: BaresipFactory, sipp_factory: SippFactory
 ) -> None:
-    redirector = sipp_factory("uas_redirect.xml", fill={"TARGET": pbx.uri("bob")}, args=["-m", "1"])
+    redirector = sipp_factory(
+        "uas_redirect.xml", fill={"CONTACT": f"<{pbx.uri('bob')}>"}, args=["-m", "1"]
+    )
     pbx.routes["moved"] = redirector.address
     pbx.start()
     bob = phones("bob")
@@ -213,12 +215,18 @@ def test_a_302_is_followed_to_its_target(
 
 
 @pytest.mark.parametrize(
-    "user",
-    ["bob", "127.0.0.1;x"],  # RFC 3261 allows ';' in the user part: no host to be read there
-    ids=["plain", "a trusted address as the user part"],
+    ("user", "display_name"),
+    [
+        ("bob", ""),
+        # RFC 3261 allows ';' in the user part: no host to be read there.
+        ("127.0.0.1;x", ""),
+        # A display name is the sender's text, whatever it looks like.
+        ("bob", '"<sip:bob@127.0.0.1>" '),
+    ],
+    ids=["plain", "a trusted address as the user part", "a trusted URI as the display name"],
 )
 def test_a_302_to_an_untrusted_host_is_not_followed(
-    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory, user: str
+    worker: WorkerProcess, pbx: Kamailio, sipp_factory: SippFactory, user: str, display_name: str
 ) -> None:
     """Whoever we call could send us, with a 302, to a host that challenges the INVITE and
     collects a digest of the account's password: only trusted hosts are followed to."""
@@ -226,7 +234,9 @@ def test_a_302_to_an_untrusted_host_is_not_followed(
         elsewhere.bind(("127.0.0.2", 0))
         elsewhere.settimeout(2.0)
         target = f"sip:{user}@127.0.0.2:{elsewhere.getsockname()[1]}"
-        redirector = sipp_factory("uas_redirect.xml", fill={"TARGET": target}, args=["-m", "1"])
+        redirector = sipp_factory(
+            "uas_redirect.xml", fill={"CONTACT": f"{display_name}<{target}>"}, args=["-m", "1"]
+        )
         pbx.routes["moved"] = redirector.address
         pbx.start()
         start_session(worker, pbx)

@@ -14,6 +14,7 @@ _HEADER_LINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 # surrogate, which protobuf (and so the status history) cannot encode.
 _UNDECODABLE_RE = re.compile("[\ud800-\udfff]")
 _HEAD_END_RE = re.compile(r"\r?\n\r?\n")
+_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"')  # RFC 3261 quoted-string, escapes included
 
 
 def _header_lines(message: str) -> list[tuple[str, str]]:
@@ -29,11 +30,13 @@ def _header_lines(message: str) -> list[tuple[str, str]]:
 
 
 def address_of(name_addr: str) -> str:
-    """`sip:user@host` from a name-addr such as `"Bob" <sip:bob@host>;tag=x`."""
-    start, end = name_addr.find("<"), name_addr.find(">")
+    """`sip:user@host` from a name-addr such as `"Bob" <sip:bob@host>;tag=x`. A quoted
+    display name is the sender's text, whatever it holds: `"<sip:a@b>" <sip:c@d>` is c@d."""
+    unquoted = _QUOTED_RE.sub('""', name_addr)
+    start, end = unquoted.find("<"), unquoted.find(">")
     if 0 <= start < end:
-        return name_addr[start + 1 : end]
-    return name_addr.split(";", 1)[0].strip()
+        return unquoted[start + 1 : end]
+    return unquoted.split(";", 1)[0].strip()
 
 
 def caller_uri(message: str) -> str | None:
@@ -48,7 +51,7 @@ def contact_uri(message: str) -> str | None:
     """The first URI of the Contact header (port kept), or None without one."""
     for name, value in _header_lines(message):
         if name.lower() in ("contact", "m"):
-            return address_of(value.split(",", 1)[0])
+            return address_of(_QUOTED_RE.sub('""', value).split(",", 1)[0])
     return None
 
 

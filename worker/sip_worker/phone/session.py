@@ -439,8 +439,13 @@ class Session:
         call = self._active(sip)
         if call is None:
             return False
-        uri = contact_uri(response) or target
-        return call.redirected(uri, self._may_redirect_to(uri))
+        # PJSUA's parse of the Contact is what it follows (its text drops the port); the
+        # far end's own text, port kept, is what the status shows if it names the same host.
+        followed = address_of(target)
+        shown = contact_uri(response)
+        if shown is None or uri_host(shown) != uri_host(followed):
+            shown = followed
+        return call.redirected(shown, self._may_redirect_to(followed))
 
     def _may_redirect_to(self, uri: str) -> bool:
         """PJSUA answers a challenge to the redirected INVITE with the account's credentials,
