@@ -158,6 +158,21 @@ class SipCall(pj.Call):  # type: ignore[misc]
             log.exception("error in the PJSUA2 callback SipCall.onCallRedirected")
         return int(pj.PJSIP_REDIRECT_ACCEPT if follow else pj.PJSIP_REDIRECT_STOP)
 
+    def onCallTransferRequest(self, prm: Any) -> None:
+        # Not `_callback`: the answer is set first, so that nothing can leave PJSUA's default
+        # (202, then a call to the Refer-To target, its challenges answered with the account's
+        # credentials), which would let any far end make the worker call whom it likes. The
+        # API gives the client no say in a far end's transfer: declined.
+        prm.statusCode = pj.PJSIP_SC_DECLINE
+        log.info("declined the far end's REFER to %s", prm.dstUri)
+
+    def onCallReplaceRequest(self, prm: Any) -> None:
+        # An INVITE with Replaces would take this call over, answered by PJSUA itself and never
+        # shown to onIncomingCall (so past the source policy and the line's bookkeeping).
+        prm.statusCode = pj.PJSIP_SC_FORBIDDEN
+        prm.reason = "Forbidden"
+        log.info("refused an INVITE that would replace the call")
+
     @_callback
     def onCallTransferStatus(self, prm: Any) -> None:
         prm.cont = True  # stay subscribed until the final NOTIFY
