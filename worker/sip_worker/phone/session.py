@@ -244,7 +244,7 @@ class Session:
         if host is None or host.lower() == account_host.strip("[]").lower():
             return  # the account's host is a peer (or PJSUA refuses the URI itself)
         addresses = resolve([host])
-        if addresses and not any(self._trusted.trusts(a, peers) for a in addresses):
+        if addresses and not all(self._trusted.trusts(a, peers) for a in addresses):
             raise WrongState(
                 f"{host} is not a trusted source, and with --untrusted-policy drop its answers "
                 "would be discarded: call through the registrar or --outbound-proxy, or list "
