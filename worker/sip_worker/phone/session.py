@@ -227,14 +227,14 @@ class Session:
                 "the worker is registering again"
             )
         uri = target_uri(callee_id, account.name, "callee_id", self._tls)
-        self._check_answers_get_in(uri, account.name.host, account.peers)
+        self._check_answers_get_in(uri, account.name.host)
         identity = CallIdentity(
             next(self._serials), Direction.OUTGOING, callee_id, headers, requested_ns
         )
         call = self._take_line(SipCall(self, account.sip, pj.PJSUA_INVALID_ID), identity)
         call.dial(uri, headers)
 
-    def _check_answers_get_in(self, uri: str, account_host: str, peers: frozenset[Address]) -> None:
+    def _check_answers_get_in(self, uri: str, account_host: str) -> None:
         """Under `--untrusted-policy drop` the filter would discard the answers of a host
         outside the trusted set, and the call would time out after 32 s; refused at once
         instead. Through an outbound proxy every request goes to the proxy, a peer."""
@@ -243,8 +243,7 @@ class Session:
         host = uri_host(uri)
         if host is None or host.lower() == account_host.strip("[]").lower():
             return  # the account's host is a peer (or PJSUA refuses the URI itself)
-        addresses = resolve([host])
-        if addresses and not all(self._trusted.trusts(a, peers) for a in addresses):
+        if self._host_trusted(uri) is False:
             raise WrongState(
                 f"{host} is not a trusted source, and with --untrusted-policy drop its answers "
                 "would be discarded: call through the registrar or --outbound-proxy, or list "
@@ -452,13 +451,18 @@ class Session:
         so a 3xx may only send it to a trusted host, or to the outbound proxy (every INVITE
         goes there first, whatever its target): else anyone we call could redirect us to a
         host of its choosing and collect a digest of the password to crack offline."""
-        if self._settings.outbound_proxy:
-            return True
+        return bool(self._settings.outbound_proxy) or self._host_trusted(uri) is True
+
+    def _host_trusted(self, uri: str) -> bool | None:
+        """Whether every address the URI's host resolves to is a trusted source (a configured
+        network or a peer of the account in use); None if it names no host that resolves."""
         host = uri_host(uri)
+        addresses = resolve([host]) if host is not None else frozenset()
+        if not addresses:
+            return None
         current = self.registration.current
         peers = current.peers if current is not None else frozenset()
-        addresses = resolve([host]) if host is not None else frozenset()
-        return bool(addresses) and all(self._trusted.trusts(a, peers) for a in addresses)
+        return all(self._trusted.trusts(address, peers) for address in addresses)
 
     def _active(self, sip: SipCall) -> ActiveCall | None:
         return self.call if self.call is not None and self.call.sip is sip else None
