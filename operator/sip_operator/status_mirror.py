@@ -410,7 +410,10 @@ class StatusMirror:
                 interval = self._legacy_poll_seconds
                 if not legacy_exists and not exists:  # nothing written yet: back off
                     interval = min(2 * polled[0], self._legacy_poll_max_seconds)
-                self._legacy[session] = (interval, loop.time() + interval)
+                self._poll_legacy_in(session, interval)
+
+    def _poll_legacy_in(self, session: SessionKey, seconds: float) -> None:
+        self._legacy[session] = (seconds, asyncio.get_running_loop().time() + seconds)
 
     async def _stop_readers(self) -> None:
         if self._polling is not None:
@@ -445,8 +448,7 @@ class StatusMirror:
             newest = cast(list[Entry], replies[4 * index + 1])
             legacy_newest = cast(list[Entry], replies[4 * index + 3])
             if legacy_newest or not newest:  # an earlier version's worker may write it
-                interval = self._legacy_poll_seconds
-                self._legacy[session] = (interval, asyncio.get_running_loop().time() + interval)
+                self._poll_legacy_in(session, self._legacy_poll_seconds)
             candidates = sorted([*newest, *legacy_newest], key=lambda entry: _entry_id(entry[0]))
             if candidates:
                 recent = _undelivered(candidates[-CATCH_UP_ENTRIES:], self._last_ids.get(session))
