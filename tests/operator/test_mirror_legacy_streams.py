@@ -3,8 +3,9 @@ stream (`sip:{<session>}:history`), then its replacement moves it to the sharded
 writes there. Every status reaches the mirror once, in order; on one server and on a cluster."""
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -45,16 +46,28 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def _mirroring(mirror: StatusMirror, watched: SessionKey) -> AsyncIterator[list[str]]:
+    """Runs `mirror` for the block; yields the callee ids of `watched`'s statuses as they come.
+    Closes the mirror at the end."""
+    seen: list[str] = []
+    runner = asyncio.create_task(
+        mirror.run(lambda key, status: seen.append(status.callee_id) if key == watched else None)
+    )
+    try:
+        yield seen
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await mirror.close()
+
+
 async def _follow_through_the_upgrade(url: str, client: AnyRedis, namespace: str) -> None:
     alice, bob, nobody = (namespace, "alice"), (namespace, "bob"), (namespace, "nobody")
     for seq in (1, 2, 3):
         _old_worker_writes(client, alice, seq)
-    seen: list[str] = []
     mirror = StatusMirror(url, None, block_seconds=30, retry_seconds=0.2, legacy_poll_seconds=0.1)
-    runner = asyncio.create_task(
-        mirror.run(lambda key, status: seen.append(status.callee_id) if key == alice else None)
-    )
-    try:
+    async with _mirroring(mirror, alice) as seen:
         mirror.follow(alice)
         await _until(lambda: seen == ["1", "2", "3"], "the newest legacy entries")
         _old_worker_writes(client, alice, 4)
@@ -73,10 +86,6 @@ async def _follow_through_the_upgrade(url: str, client: AnyRedis, namespace: str
         assert await mirror.expire(bob, 3600)
         assert 0 < client.ttl(legacy_stream_key(session_key(*bob))) <= 3600
         assert not await mirror.expire(nobody, 3600)
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await mirror.close()
 
 
 def test_the_mirror_follows_a_legacy_stream_through_its_migration(
@@ -114,16 +123,10 @@ async def _back_off_then_follow(url: str, client: "redis.Redis[bytes]") -> None:
     """Sessions with neither stream yet: their polls back off (0.05 s doubling to 0.4 s), and an
     earlier version's first status of one of them still arrives, then the rest in order."""
     sessions = [("fleet", f"new-{number}") for number in range(20)]
-    seen: list[str] = []
     mirror = StatusMirror(
         url, None, retry_seconds=0.2, legacy_poll_seconds=0.05, legacy_poll_max_seconds=0.4
     )
-    runner = asyncio.create_task(
-        mirror.run(
-            lambda key, status: seen.append(status.callee_id) if key == sessions[0] else None
-        )
-    )
-    try:
+    async with _mirroring(mirror, sessions[0]) as seen:
         for session in sessions:
             mirror.follow(session)
         await _until(lambda: all(mirror.has_read(s) for s in sessions), "every stream loaded")
@@ -137,10 +140,6 @@ async def _back_off_then_follow(url: str, client: "redis.Redis[bytes]") -> None:
         await _until(lambda: seen == ["1", "2"], "the earlier version's first statuses")
         _old_worker_writes(client, sessions[0], 3)
         await _until(lambda: seen == ["1", "2", "3"], "its next status")
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await mirror.close()
 
 
 def test_sessions_with_no_stream_yet_are_polled_ever_less_often(
